@@ -1,0 +1,112 @@
+"""Encoding and decoding events, with upcasting of old schema versions.
+
+Decoding is the single gate between raw bytes on the log and typed events: it either returns a
+valid event or raises :class:`DecodeError` whose ``reason`` goes to the dead-letter table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from ._events import EVENTS_BY_KIND, MAX_EVENT_BYTES, AnyEvent, Event, current_version
+from ._subjects import subject_agent
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+"""``(kind, from_version) -> fn``: a pure function turning version N's dict into version N+1's."""
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid event; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def upcaster(kind: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a pure function that upgrades ``kind`` from ``from_version`` to the next version."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(kind, from_version)] = fn
+        return fn
+
+    return register
+
+
+@upcaster("ExperimentFinished", 1)
+def _experiment_finished_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """v1 called the cost ``cost`` and had no ``proposer``."""
+    d = dict(d)
+    d["cost_s"] = d.pop("cost", 0.0)
+    d["schema_version"] = 2
+    return d
+
+
+def encode(event: Event) -> bytes:
+    """Serialize an event to its wire form (compact UTF-8 JSON)."""
+    return event.__pydantic_serializer__.to_json(event)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<event>"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid event: {loc}: {err['msg']}{more}"
+
+
+def decode(data: bytes, subject: str | None = None) -> Event:
+    """Decode and validate one message; upcast old versions; check the subject owner.
+
+    Raises :class:`DecodeError` for bad JSON, oversize messages, wrong types, extra fields,
+    NaN/inf, unknown kinds or versions, and an ``agent_id`` that does not own ``subject``.
+    """
+    if len(data) > MAX_EVENT_BYTES:
+        raise DecodeError(f"oversize: {len(data)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        event = _ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        event = _decode_slow(data, exc)
+    owner = subject_agent(subject) if subject else None
+    if owner is not None and owner != event.agent_id:
+        raise DecodeError(f"agent_id {event.agent_id!r} does not own subject {subject!r}")
+    return event
+
+
+def _decode_slow(data: bytes, exc: ValidationError) -> Event:
+    """Diagnose a message the fast path refused: bad JSON, unknown kind/version, or upcast."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"bad JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise DecodeError(f"bad JSON: expected an object, got {type(raw).__name__}")
+    kind, version = raw.get("kind"), raw.get("schema_version")
+    if kind not in EVENTS_BY_KIND:
+        raise DecodeError(f"unknown kind {kind!r}")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DecodeError(f"schema_version must be an integer, got {version!r}")
+    latest = current_version(kind)
+    if version == latest:
+        raise DecodeError(_first_error(exc))
+    if version > latest or (kind, version) not in UPCASTERS:
+        raise DecodeError(f"unknown schema_version {version} for {kind} (this reader knows {latest})")
+    original = version
+    while version < latest:
+        step = UPCASTERS.get((kind, version))
+        if step is None:
+            raise DecodeError(f"no upcaster for {kind} v{version}")
+        raw = step(raw)
+        version = raw["schema_version"]
+    try:
+        return _ADAPTER.validate_json(orjson.dumps(raw))
+    except ValidationError as e2:
+        raise DecodeError(_first_error(e2) + f" (after upcasting from v{original})") from None
+    except orjson.JSONEncodeError as e3:
+        raise DecodeError(f"bad JSON: {e3}") from None

@@ -1,0 +1,59 @@
+"""Connecting to NATS and provisioning the hive's stream idempotently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from ._events import MAX_EVENT_BYTES
+from ._subjects import STREAM, STREAM_SUBJECTS
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DUPLICATE_WINDOW_S = 120.0
+
+
+async def connect(url: str = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) -> Client:
+    """Connect with reconnects forever (the log outlives any one connection).
+
+    Credentials and TLS options pass through to ``nats.connect`` (``user``, ``password``,
+    ``user_credentials``, ``tls`` …); ``inbox_prefix`` keeps replies private to a role.
+    """
+    opts: dict[str, Any] = {
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        "allow_reconnect": True,
+    }
+    opts.update(kwargs)
+    return await nats.connect(url, **opts)
+
+
+def stream_config(*, duplicate_window: float = DUPLICATE_WINDOW_S, replicas: int = 1) -> StreamConfig:
+    """The hive stream: file storage, kept forever (a rebuild replays from sequence 1)."""
+    return StreamConfig(
+        name=STREAM,
+        description="hive event log: traces, agent lifecycle, models",
+        subjects=list(STREAM_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=duplicate_window,
+        # Larger than an event may be, so an oversize event is stored and dead-lettered, not lost.
+        max_msg_size=max(16 * MAX_EVENT_BYTES, 1024 * 1024),
+        num_replicas=replicas,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, *, duplicate_window: float = DUPLICATE_WINDOW_S) -> None:
+    """Create the hive stream, or update it to our config; safe to call from every process."""
+    cfg = stream_config(duplicate_window=duplicate_window)
+    try:
+        await js.add_stream(cfg)
+    except BadRequestError:
+        await js.update_stream(cfg)

@@ -1,0 +1,249 @@
+"""The event contract: every message on the hive log is one of these frozen, versioned models.
+
+Rules (the contract other languages rely on, exported as JSON Schema by ``hive schema``):
+
+* names are past tense; each class has a ``kind`` literal and a ``schema_version`` literal;
+* models are frozen, ``extra="forbid"``, strict, and reject NaN/inf;
+* every string, list and mapping is bounded, and a whole encoded event is at most
+  :data:`MAX_EVENT_BYTES`;
+* ``event_id`` is natural and deterministic where possible (``agent/run/step``), so a retried
+  publish is deduplicated by the server (``Nats-Msg-Id``) and by the projection.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_EVENT_BYTES = 64 * 1024
+"""Upper bound of one encoded event, in bytes."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+"""An identifier that is also a single NATS subject token (no dots, spaces or wildcards)."""
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:=-]+$")]
+TaskRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)?$")
+]
+"""A task instance: ``family/index`` (``hartmann6/17``) or a single-instance task (``charlm``)."""
+Text = Annotated[str, StringConstraints(max_length=4000)]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Scalar = bool | int | float | Annotated[str, StringConstraints(max_length=200)]
+Recipe = Annotated[dict[Key, Scalar], Field(max_length=64)]
+"""A proposed training recipe: knob name → value (the task's search space validates it)."""
+Metrics = Annotated[dict[Key, float], Field(max_length=64)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Status = Literal["ok", "failed", "timeout"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only clock events use)."""
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every hive event: the envelope.
+
+    Subclasses set ``kind`` and ``schema_version`` as literals and add their payload fields.
+    ``CHANNEL`` says which subject family the event is published on (see ``streams.subject_for``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "traces"
+
+    event_id: EventId
+    schema_version: int
+    kind: str
+    agent_id: Name
+    agent_type: Name
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class TraceEvent(Event):
+    """An event that records work: it names the task instance and the model version behind it.
+
+    ``model_version`` 0 means "no shared model yet" (a prior or mutation proposed the action).
+    """
+
+    task: TaskRef
+    model_version: int = Field(default=0, ge=0)
+
+
+class ExperimentStarted(TraceEvent):
+    """An agent claimed a recipe on a task instance and started running it."""
+
+    kind: Literal["ExperimentStarted"] = "ExperimentStarted"
+    schema_version: Literal[1] = 1
+    run_id: Name
+    parent_id: EventId | None = None
+    recipe: Recipe
+    seed: int = Field(ge=0, le=2**31 - 1)
+    budget: float = Field(gt=0, le=1e12)
+    deadline_s: float = Field(gt=0, le=7 * 24 * 3600, description="seconds after which it counts as abandoned")
+
+
+class ExperimentFinished(TraceEvent):
+    """An experiment ended: its recipe, metrics, cost, outcome and whether it beat its parent.
+
+    ``objective`` is the task's metric in the task's direction-neutral form (lower is better).
+    ``success`` is judged against the noise floor of replicated baselines, not one lucky seed.
+    """
+
+    kind: Literal["ExperimentFinished"] = "ExperimentFinished"
+    schema_version: Literal[2] = 2
+    run_id: Name
+    parent_id: EventId | None = None
+    recipe: Recipe
+    seed: int = Field(ge=0, le=2**31 - 1)
+    budget: float = Field(gt=0, le=1e12)
+    metrics: Metrics = Field(default_factory=dict)
+    objective: float | None = None
+    cost_s: float = Field(ge=0, le=1e9)
+    status: Status
+    error: Text | None = None
+    success: bool | None = None
+    proposer: Annotated[str, StringConstraints(max_length=32)] = "prior"
+
+
+class DeploymentFinished(TraceEvent):
+    """A one-shot use of the shared model (or the current best recipe) on a new task instance."""
+
+    kind: Literal["DeploymentFinished"] = "DeploymentFinished"
+    schema_version: Literal[1] = 1
+    run_id: Name
+    recipe: Recipe
+    metrics: Metrics = Field(default_factory=dict)
+    objective: float | None = None
+    baseline_objective: float | None = None
+    cost_s: float = Field(ge=0, le=1e9)
+    status: Status
+    error: Text | None = None
+    success: bool | None = None
+
+
+class GuidancePublished(TraceEvent):
+    """Advice distilled from traces (e.g. by the analyst) that proposers read before proposing.
+
+    ``avoid`` lists recipe regions to stay out of (knob → bound or value, as text);
+    ``hint`` is free text for the prompt.
+    """
+
+    kind: Literal["GuidancePublished"] = "GuidancePublished"
+    schema_version: Literal[1] = 1
+    topic: ShortText
+    avoid: Annotated[dict[Key, ShortText], Field(max_length=32)] = Field(default_factory=dict)
+    hint: Text = ""
+    evidence: int = Field(default=0, ge=0)
+
+
+class AgentStarted(Event):
+    """An agent process came up."""
+
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "agents"
+    kind: Literal["AgentStarted"] = "AgentStarted"
+    schema_version: Literal[1] = 1
+    host: ShortText = ""
+    pid: int = Field(default=0, ge=0)
+    task: TaskRef | None = None
+    heartbeat_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class AgentHeartbeat(Event):
+    """An agent is alive; ``state`` says what it is doing."""
+
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "agents"
+    kind: Literal["AgentHeartbeat"] = "AgentHeartbeat"
+    schema_version: Literal[1] = 1
+    state: ShortText = "idle"
+    model_version: int = Field(default=0, ge=0)
+    experiments: int = Field(default=0, ge=0)
+
+
+class AgentStopped(Event):
+    """An agent shut down cleanly (a crash leaves no such event: liveness shows it dead)."""
+
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "agents"
+    kind: Literal["AgentStopped"] = "AgentStopped"
+    schema_version: Literal[1] = 1
+    reason: ShortText = "stopped"
+
+
+class ModelPublished(Event):
+    """The distiller promoted a model version; agents fetch it from the Object Store."""
+
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "models"
+    kind: Literal["ModelPublished"] = "ModelPublished"
+    schema_version: Literal[1] = 1
+    name: Name = "policy"
+    version: int = Field(ge=1)
+    parent_version: int = Field(default=0, ge=0)
+    sha256: Sha256
+    size: int = Field(ge=0)
+    trained_through_seq: int = Field(default=0, ge=0)
+    dataset_size: int = Field(default=0, ge=0)
+    eval: Metrics = Field(default_factory=dict)
+    signature: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class ModelRejected(Event):
+    """The gate kept the champion: a candidate did not beat it on the held-out set."""
+
+    CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "models"
+    kind: Literal["ModelRejected"] = "ModelRejected"
+    schema_version: Literal[1] = 1
+    name: Name = "policy"
+    candidate: int = Field(ge=1)
+    champion_version: int = Field(default=0, ge=0)
+    trained_through_seq: int = Field(default=0, ge=0)
+    dataset_size: int = Field(default=0, ge=0)
+    eval: Metrics = Field(default_factory=dict)
+    reason: ShortText = ""
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ExperimentStarted,
+    ExperimentFinished,
+    DeploymentFinished,
+    GuidancePublished,
+    AgentStarted,
+    AgentHeartbeat,
+    AgentStopped,
+    ModelPublished,
+    ModelRejected,
+)
+"""Every event class, in one place."""
+
+EVENTS_BY_KIND: dict[str, type[Event]] = {cls.model_fields["kind"].default: cls for cls in EVENT_TYPES}
+
+AnyEvent = Annotated[
+    ExperimentStarted
+    | ExperimentFinished
+    | DeploymentFinished
+    | GuidancePublished
+    | AgentStarted
+    | AgentHeartbeat
+    | AgentStopped
+    | ModelPublished
+    | ModelRejected,
+    Field(discriminator="kind"),
+]
+
+
+def current_version(kind: str) -> int:
+    """The schema version this code writes for ``kind``."""
+    return int(EVENTS_BY_KIND[kind].model_fields["schema_version"].default)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of all events (a ``oneOf`` keyed by ``kind``), for publishers in other languages."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(AnyEvent).json_schema()
+    schema["title"] = "hive event"
+    schema["description"] = (
+        f"One event on the hive log. Encoded as UTF-8 JSON, at most {MAX_EVENT_BYTES} bytes; "
+        "publish on the subject streams.subject_for(event) names, with header Nats-Msg-Id = event_id."
+    )
+    return schema

@@ -1,1 +1,37 @@
-"""hive package."""
+"""hive: the DuckDB side of the hive — schema, projections, materializer, query service, CLI.
+
+Imports ``streams`` only (the CLI and the supervisor may start the other packages).
+"""
+
+from ._materializer import Materializer, MaterializerStats, rebuild
+from ._projections import TABLES, Rows, decode_batch, project
+from ._query import QueryError, QueryResult, check_read_only, remote_query, run_read_only
+from ._schema import ARROW, MIGRATIONS, SCHEMA_VERSION, migrate
+from ._store import DatabaseLocked, apply_batch, connect_db, open_store, snapshot_path_for, write_snapshot
+from ._store import applied_seq as applied_seq_of
+
+__all__ = [
+    "ARROW",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "DatabaseLocked",
+    "Materializer",
+    "MaterializerStats",
+    "QueryError",
+    "QueryResult",
+    "Rows",
+    "applied_seq_of",
+    "apply_batch",
+    "check_read_only",
+    "connect_db",
+    "decode_batch",
+    "migrate",
+    "open_store",
+    "project",
+    "rebuild",
+    "remote_query",
+    "run_read_only",
+    "snapshot_path_for",
+    "write_snapshot",
+]

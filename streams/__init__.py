@@ -5,6 +5,8 @@ Imports nothing else of hive's. The public surface is ``__all__``.
 
 from ._codec import UPCASTERS, DecodeError, decode, encode, upcaster
 from ._connect import DEFAULT_URL, DUPLICATE_WINDOW_S, connect, ensure_stream, stream_config
+from ._consumer import ConsumerLost, LogEntry, LogReader
+from ._examples import example
 from ._events import (
     EVENT_TYPES,
     EVENTS_BY_KIND,
@@ -56,6 +58,7 @@ __all__ = [
     "AgentStarted",
     "AgentStopped",
     "AnyEvent",
+    "ConsumerLost",
     "DecodeError",
     "DeploymentFinished",
     "Durability",
@@ -64,6 +67,8 @@ __all__ = [
     "ExperimentFinished",
     "ExperimentStarted",
     "GuidancePublished",
+    "LogEntry",
+    "LogReader",
     "ModelPublished",
     "ModelRejected",
     "Publisher",
@@ -73,6 +78,7 @@ __all__ = [
     "current_version",
     "decode",
     "encode",
+    "example",
     "ensure_stream",
     "find_nats_server",
     "json_schema",

@@ -8,7 +8,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ._events import MAX_EVENT_BYTES
 from ._subjects import STREAM, STREAM_SUBJECTS
@@ -51,9 +51,22 @@ def stream_config(*, duplicate_window: float = DUPLICATE_WINDOW_S, replicas: int
 
 
 async def ensure_stream(js: JetStreamContext, *, duplicate_window: float = DUPLICATE_WINDOW_S) -> None:
-    """Create the hive stream, or update it to our config; safe to call from every process."""
-    cfg = stream_config(duplicate_window=duplicate_window)
+    """Create the hive stream if it does not exist; safe to call from every process.
+
+    An existing stream keeps its settings (an operator may have tuned its duplicate window or
+    replicas); only missing hive subjects are added.
+    """
     try:
-        await js.add_stream(cfg)
-    except BadRequestError:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        try:
+            await js.add_stream(stream_config(duplicate_window=duplicate_window))
+            return
+        except BadRequestError:  # created concurrently by another process
+            info = await js.stream_info(STREAM)
+    have = list(info.config.subjects or [])
+    missing = [s for s in STREAM_SUBJECTS if s not in have]
+    if missing:
+        cfg = info.config
+        cfg.subjects = have + missing
         await js.update_stream(cfg)

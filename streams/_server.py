@@ -82,6 +82,8 @@ class EmbeddedServer:
 
     Use as a context manager (sync) or call :meth:`start` / :meth:`stop`. ``url`` is valid after
     start. The store directory persists across restarts unless it was a temporary one.
+    ``http_port``: the monitoring port (``/varz`` shows the durability setting); 0 picks a free
+    one, None turns monitoring off.
     """
 
     def __init__(
@@ -91,14 +93,14 @@ class EmbeddedServer:
         store_dir: str | Path | None = None,
         durability: Durability = "default",
         host: str = "127.0.0.1",
-        monitor: bool = True,
+        http_port: int | None = 0,
         extra_config: str = "",
         log_file: str | Path | None = None,
     ) -> None:
         self.host, self.port, self.durability = host, port, durability
         self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="hive-nats-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp.name)  # type: ignore[union-attr]
-        self.monitor = monitor
+        self.http_port = http_port
         self.extra_config = extra_config
         self.log_file = Path(log_file) if log_file else None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -116,9 +118,9 @@ class EmbeddedServer:
             render_config(
                 host=self.host,
                 port=self.port,
-                store_dir=self.store_dir / "jetstream",
+                store_dir=self.store_dir,
                 durability=self.durability,
-                http_port=0 if self.monitor else None,
+                http_port=self.http_port,
                 ports_dir=run_dir,
                 extra=self.extra_config,
             )

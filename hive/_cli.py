@@ -1,0 +1,332 @@
+"""The ``hive`` command line. Every command has ``--help``; bad input exits non-zero with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+import streams
+
+from ._logging import configure_logging
+from ._output import FORMATS, render
+from ._query import QueryError, QueryResult, remote_query, run_read_only
+from ._store import DatabaseLocked, connect_db, snapshot_path_for
+
+T = TypeVar("T")
+NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
+
+
+def _default_url() -> str:
+    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run a coroutine, turning the errors users cause into a clean message and exit code 1."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except (DatabaseLocked, QueryError, streams.ServerError) as e:
+        raise click.ClickException(str(e)) from None
+    except (ConnectionRefusedError, OSError) as e:
+        raise click.ClickException(f"cannot reach NATS: {e}") from None
+
+
+async def _connect_once(url: str, name: str) -> Any:
+    """Connect for a one-shot command: fail fast with a clear message when NATS is not there."""
+    import nats.errors
+
+    try:
+        return await streams.connect(url, name=name, max_reconnect_attempts=1, connect_timeout=3,
+                                     allow_reconnect=False)
+    except (nats.errors.NoServersError, OSError, TimeoutError) as e:
+        raise click.ClickException(f"cannot connect to NATS at {url}: {e or type(e).__name__}") from None
+
+
+async def _until_signal(task_factory: Callable[[], Awaitable[Any]], on_stop: Callable[[], None]) -> Any:
+    """Run a long-lived coroutine; SIGINT/SIGTERM call ``on_stop`` for a graceful finish."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop)
+    return await task_factory()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
+              help="Log format (default: console on a terminal, JSON otherwise).")
+@click.option("--log-level", default=None, help="debug, info, warning, error (env HIVE_LOG_LEVEL).")
+@click.version_option(package_name="hive-swarm", prog_name="hive")
+def cli(log_format: str | None, log_level: str | None) -> None:
+    """hive: an event-sourced multi-agent hive mind for autonomous research.
+
+    Agents publish traces to a NATS JetStream log; a materializer keeps DuckDB state from it;
+    a distiller trains one shared model on the successful traces and pushes it to every agent.
+    """
+    configure_logging(log_level, log_format)
+
+
+# --------------------------------------------------------------------------- the log
+@cli.command()
+@click.option("--port", default=4222, show_default=True, type=click.IntRange(0, 65535),
+              help="Client port (0 = any free port).")
+@click.option("--store", "store_dir", default="./hive-data/nats", show_default=True,
+              type=click.Path(file_okay=False), help="JetStream store directory.")
+@click.option("--http-port", default=8222, show_default=True, type=click.IntRange(0, 65535),
+              help="Monitoring port (`hive status --monitor` reads durability there).")
+@click.option("--durability", type=click.Choice(["default", "always"]), default="default", show_default=True,
+              help="'default': fsync every 2 min (a crash of the process loses nothing, power loss can); "
+                   "'always': fsync before each ack (much slower).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+def server(port: int, store_dir: str, http_port: int, durability: str, host: str) -> None:
+    """Run the embedded nats-server (JetStream on) in the foreground until Ctrl-C."""
+    srv = streams.EmbeddedServer(port=port, store_dir=store_dir, durability=durability,  # type: ignore[arg-type]
+                                 http_port=http_port, host=host)
+    try:
+        srv.start()
+    except streams.ServerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"nats-server {srv.url} (pid {srv.pid}), monitoring {srv.http_url}, store {store_dir}, "
+               f"durability: {streams.DURABILITY_DOC[durability]}")  # type: ignore[index]
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop["now"] and srv.proc is not None and srv.proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        srv.stop()
+    click.echo("nats-server stopped")
+
+
+@cli.command()
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file (created if absent).")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 10_000), help="Fetch batch size.")
+@click.option("--snapshot", default=None, type=click.Path(dir_okay=False),
+              help="Snapshot file (default: <db stem>.snapshot.duckdb beside the db).")
+@click.option("--snapshot-every", default=2.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between snapshots (written when idle and changed).")
+def materialize(url: str, db: str, batch: int, snapshot: str | None, snapshot_every: float) -> None:
+    """Materialize the log into DuckDB and answer read-only SQL over NATS, until Ctrl-C."""
+    from ._materializer import Materializer
+
+    m = Materializer(url, db, batch_size=batch, snapshot_path=snapshot, snapshot_every_s=snapshot_every)
+    stats = _run(_until_signal(m.run, m.stop))
+    click.echo(f"materializer stopped at seq {stats.applied_seq} ({stats.events} events this run)", err=True)
+
+
+@cli.command()
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--skip-invalid", is_flag=True, help="Publish the valid lines even if some are invalid.")
+@click.argument("file", type=click.File("rb"))
+def publish(url: str, skip_invalid: bool, file: Any) -> None:
+    """Validate events from a JSON-lines FILE ('-' for stdin) and publish them.
+
+    Each line is one event (see `hive schema`). An invalid line is reported with its line
+    number, and nothing is published unless --skip-invalid.
+    """
+    events: list[streams.Event] = []
+    errors: list[str] = []
+    for lineno, line in enumerate(file, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            events.append(streams.decode(line))
+        except streams.DecodeError as e:
+            errors.append(f"line {lineno}: {e.reason}")
+    for err in errors:
+        click.echo(err, err=True)
+    if errors and not skip_invalid:
+        raise click.ClickException(f"{len(errors)} invalid line(s); nothing published (use --skip-invalid)")
+
+    async def go() -> tuple[int, int]:
+        nc = await _connect_once(url, "hive-publish")
+        try:
+            js = nc.jetstream()
+            await streams.ensure_stream(js)
+            acks = await streams.Publisher(js).publish_acked(events)
+            return len(acks), sum(1 for a in acks if a.duplicate)
+        finally:
+            await nc.close()
+
+    sent, dups = _run(go())
+    click.echo(f"published {sent} event(s) ({dups} duplicate(s) ignored by the server)"
+               + (f"; skipped {len(errors)} invalid line(s)" if errors else ""))
+    if errors:
+        sys.exit(3)
+
+
+@cli.command()
+@click.option("--example", "kind", default=None, help="Print one valid example event of KIND instead.")
+def schema(kind: str | None) -> None:
+    """Print the JSON Schema of all events (for agents written in other languages)."""
+    if kind is None:
+        click.echo(orjson.dumps(streams.json_schema(), option=orjson.OPT_INDENT_2).decode())
+        return
+    try:
+        ev = streams.example(kind)
+    except KeyError as e:
+        raise click.BadParameter(str(e.args[0]), param_hint="--example") from None
+    click.echo(streams.encode(ev).decode())
+
+
+# --------------------------------------------------------------------------- the state
+@cli.command()
+@click.option("--nats", "url", default=None, help="Ask the running materializer at this NATS URL (default).")
+@click.option("--db", "db", default=None, type=click.Path(dir_okay=False),
+              help="Open a DuckDB file instead (falls back to its snapshot while a materializer owns it).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300), help="Seconds.")
+@click.option("--max-rows", default=10_000, show_default=True, type=click.IntRange(1))
+@click.argument("sql")
+def query(url: str | None, db: str | None, fmt: str, timeout: float, max_rows: int, sql: str) -> None:
+    """Run one read-only SQL statement against the hive state.
+
+    \b
+    Examples:
+      hive query "SELECT * FROM best_per_task"
+      hive query --format csv "SELECT task, objective FROM experiments"
+      hive query --db hive-data/hive.duckdb "SELECT * FROM agent_liveness"
+    """
+    if url and db:
+        raise click.UsageError("give --nats or --db, not both")
+    if db:
+        result = _query_file(db, sql, max_rows)
+    else:
+
+        async def go() -> QueryResult:
+            nc = await _connect_once(url or _default_url(), "hive-query")
+            try:
+                return await remote_query(nc, sql, timeout_s=timeout, max_rows=max_rows)
+            finally:
+                await nc.close()
+
+        result = _run(go())
+    text = render(result, fmt)
+    if text is not None:
+        click.echo(text, nl=False)
+
+
+def _query_file(db: str, sql: str, max_rows: int) -> QueryResult:
+    path = Path(db)
+    if not path.exists():
+        raise click.ClickException(f"{db}: no such database file")
+    try:
+        con = connect_db(path, read_only=True)
+    except DatabaseLocked as e:
+        snap = snapshot_path_for(path)
+        if not snap.exists():
+            raise click.ClickException(str(e)) from None
+        click.echo(f"note: {db} is owned by a running materializer; reading its snapshot {snap}", err=True)
+        path = snap
+        con = connect_db(path, read_only=True)
+    try:
+        return run_read_only(con, sql, max_rows=max_rows)
+    except QueryError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        con.close()
+
+
+@cli.command()
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--monitor", default=None,
+              help="NATS monitoring URL for the durability setting (default: http://<nats host>:8222).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(url: str, monitor: str | None, as_json: bool) -> None:
+    """Show the log's last sequence, the materialized sequence (lag), counts, dead letters, durability."""
+    from urllib.parse import urlparse
+
+    from ._status import gather_status
+
+    monitor = monitor or f"http://{urlparse(url).hostname or '127.0.0.1'}:8222"
+
+    async def go() -> dict[str, Any]:
+        nc = await _connect_once(url, "hive-status")
+        try:
+            return await gather_status(nc, monitor)
+        finally:
+            await nc.close()
+
+    st = _run(go())
+    if as_json:
+        click.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="hive status", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    s = st["stream"]
+    t.add_row("stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes")
+    m = st["materializer"]
+    if m.get("running"):
+        t.add_row("materialized", f"seq {m['applied_seq']} (lag {m['lag']}), db {m['db']}")
+        t.add_row("snapshot", f"{m['snapshot']} (seq {m['snapshot_seq']})")
+    else:
+        t.add_row("materialized", m["detail"])
+    for k, v in st.get("counts", {}).items():
+        t.add_row(f"  {k}", str(v))
+    d = st["durability"]
+    t.add_row("durability", f"{d['setting']}: {d['detail']}")
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file to rebuild.")
+def rebuild(url: str, db: str) -> None:
+    """Replay the whole log from sequence 1 into a new file, then swap it in for DB.
+
+    Stop the materializer that owns DB first.
+    """
+    from ._materializer import rebuild as do_rebuild
+
+    t0 = time.perf_counter()
+    seq = _run(do_rebuild(url, db))
+    dt = time.perf_counter() - t0
+    click.echo(f"rebuilt {db} through seq {seq} in {dt:.2f}s ({seq / dt if dt else 0:.0f} events/s)")
+
+
+# --------------------------------------------------------------------------- benchmarks
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print JSON and compare against a baseline measured in the same run."""
+
+
+@bench.command("ingest")
+@click.option("--events", "n", default=50_000, show_default=True, type=click.IntRange(100))
+@click.option("--nats", "url", default=None, help="Use this NATS server (default: start an embedded one).")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
+    """Raw nats-py publish vs hive publish vs end-to-end materialization, latency, rebuild."""
+    from ._bench_ingest import human_line, run_ingest_bench
+
+    result = _run(run_ingest_bench(n, url=url, progress=not as_json))
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if not as_json:
+        click.echo(human_line(result), err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    with contextlib.suppress(BrokenPipeError):
+        cli(prog_name="hive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data shipped with the built-in tasks (``corpus.txt``: see README.md for source and licence)."""

@@ -40,25 +40,50 @@ def realistic_events(n: int, seed: int = 0) -> list[streams.ExperimentFinished]:
     out = []
     for i in range(n):
         agent = f"researcher-{i % 16}"
-        recipe = {
-            "lr": rng.uniform(1e-4, 1e-1), "warmup_frac": rng.uniform(0, 0.3), "n_layer": rng.randint(1, 6),
-            "n_embd": rng.choice([64, 128, 256]), "n_head": rng.choice([2, 4, 8]), "batch_size": 32,
-            "block_size": 128, "weight_decay": rng.uniform(0, 0.2), "dropout": rng.uniform(0, 0.3),
-            "activation": rng.choice(["gelu", "relu", "silu"]), "optimizer": "adamw",
-            "grad_clip": rng.uniform(0.1, 2.0), "beta2": 0.99, "schedule": "cosine",
+        recipe: dict[str, bool | int | float | str] = {
+            "lr": rng.uniform(1e-4, 1e-1),
+            "warmup_frac": rng.uniform(0, 0.3),
+            "n_layer": rng.randint(1, 6),
+            "n_embd": rng.choice([64, 128, 256]),
+            "n_head": rng.choice([2, 4, 8]),
+            "batch_size": 32,
+            "block_size": 128,
+            "weight_decay": rng.uniform(0, 0.2),
+            "dropout": rng.uniform(0, 0.3),
+            "activation": rng.choice(["gelu", "relu", "silu"]),
+            "optimizer": "adamw",
+            "grad_clip": rng.uniform(0.1, 2.0),
+            "beta2": 0.99,
+            "schedule": "cosine",
         }
         metrics = {
-            "val_bpb": rng.uniform(1.5, 3.0), "train_loss_first": rng.uniform(4, 6),
-            "train_loss_last": rng.uniform(1, 3), "tokens": 65536.0, "steps": 512.0,
-            "tokens_per_s": rng.uniform(2e4, 9e4), "wall_s": rng.uniform(2, 20), "params": 210_000.0,
+            "val_bpb": rng.uniform(1.5, 3.0),
+            "train_loss_first": rng.uniform(4, 6),
+            "train_loss_last": rng.uniform(1, 3),
+            "tokens": 65536.0,
+            "steps": 512.0,
+            "tokens_per_s": rng.uniform(2e4, 9e4),
+            "wall_s": rng.uniform(2, 20),
+            "params": 210_000.0,
         }
         out.append(
             streams.ExperimentFinished(
-                event_id=f"{agent}/run-{i}/finish", agent_id=agent, agent_type="researcher",
-                task=f"charlm/{i % 8}", model_version=i // 10_000, run_id=f"run-{i}",
-                parent_id=f"{agent}/run-{max(i - 16, 0)}/finish", recipe=recipe, seed=i % 1000, budget=65536.0,
-                metrics=metrics, objective=metrics["val_bpb"], cost_s=metrics["wall_s"], status="ok",
-                success=rng.random() < 0.3, proposer="model",
+                event_id=f"{agent}/run-{i}/finish",
+                agent_id=agent,
+                agent_type="researcher",
+                task=f"charlm/{i % 8}",
+                model_version=i // 10_000,
+                run_id=f"run-{i}",
+                parent_id=f"{agent}/run-{max(i - 16, 0)}/finish",
+                recipe=recipe,
+                seed=i % 1000,
+                budget=65536.0,
+                metrics=metrics,
+                objective=metrics["val_bpb"],
+                cost_s=metrics["wall_s"],
+                status="ok",
+                success=rng.random() < 0.3,
+                proposer="model",
                 error=None,
             )
         )
@@ -72,8 +97,11 @@ async def _raw_publish(url: str, payloads: list[bytes]) -> float:
 
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="RAWBENCH", subjects=["rawbench.>"], storage=StorageType.FILE,
-                                     duplicate_window=120.0))
+    await js.add_stream(
+        StreamConfig(
+            name="RAWBENCH", subjects=["rawbench.>"], storage=StorageType.FILE, duplicate_window=120.0
+        )
+    )
     t0 = time.perf_counter()
     for i, p in enumerate(payloads):
         await js.publish_async(f"rawbench.a{i % 16}", p, headers={"Nats-Msg-Id": f"raw-{i}"})
@@ -106,8 +134,11 @@ async def run_ingest_bench(n: int, *, url: str | None = None, progress: bool = T
         await streams.ensure_stream(js)
         base = (await js.stream_info(streams.STREAM)).state.last_seq
         env = {**os.environ, "HIVE_LOG_FORMAT": "json", "HIVE_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen([sys.executable, "-m", "hive", "materialize", "--nats", url, "--db", str(db)],
-                                env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hive", "materialize", "--nats", url, "--db", str(db)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,8 +44,9 @@ async def _connect_once(url: str, name: str) -> Any:
     import nats.errors
 
     try:
-        return await streams.connect(url, name=name, max_reconnect_attempts=1, connect_timeout=3,
-                                     allow_reconnect=False)
+        return await streams.connect(
+            url, name=name, max_reconnect_attempts=1, connect_timeout=3, allow_reconnect=False
+        )
     except (nats.errors.NoServersError, OSError, TimeoutError) as e:
         raise click.ClickException(f"cannot connect to NATS at {url}: {e or type(e).__name__}") from None
 
@@ -60,8 +60,12 @@ async def _until_signal(task_factory: Callable[[], Awaitable[Any]], on_stop: Cal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
-              help="Log format (default: console on a terminal, JSON otherwise).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    default=None,
+    help="Log format (default: console on a terminal, JSON otherwise).",
+)
 @click.option("--log-level", default=None, help="debug, info, warning, error (env HIVE_LOG_LEVEL).")
 @click.version_option(package_name="hive-swarm", prog_name="hive")
 def cli(log_format: str | None, log_level: str | None) -> None:
@@ -75,26 +79,54 @@ def cli(log_format: str | None, log_level: str | None) -> None:
 
 # --------------------------------------------------------------------------- the log
 @cli.command()
-@click.option("--port", default=4222, show_default=True, type=click.IntRange(0, 65535),
-              help="Client port (0 = any free port).")
-@click.option("--store", "store_dir", default="./hive-data/nats", show_default=True,
-              type=click.Path(file_okay=False), help="JetStream store directory.")
-@click.option("--http-port", default=8222, show_default=True, type=click.IntRange(0, 65535),
-              help="Monitoring port (`hive status --monitor` reads durability there).")
-@click.option("--durability", type=click.Choice(["default", "always"]), default="default", show_default=True,
-              help="'default': fsync every 2 min (a crash of the process loses nothing, power loss can); "
-                   "'always': fsync before each ack (much slower).")
+@click.option(
+    "--port",
+    default=4222,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Client port (0 = any free port).",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    default="./hive-data/nats",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="JetStream store directory.",
+)
+@click.option(
+    "--http-port",
+    default=8222,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Monitoring port (`hive status --monitor` reads durability there).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["default", "always"]),
+    default="default",
+    show_default=True,
+    help="'default': fsync every 2 min (a crash of the process loses nothing, power loss can); "
+    "'always': fsync before each ack (much slower).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 def server(port: int, store_dir: str, http_port: int, durability: str, host: str) -> None:
     """Run the embedded nats-server (JetStream on) in the foreground until Ctrl-C."""
-    srv = streams.EmbeddedServer(port=port, store_dir=store_dir, durability=durability,  # type: ignore[arg-type]
-                                 http_port=http_port, host=host)
+    srv = streams.EmbeddedServer(
+        port=port,
+        store_dir=store_dir,
+        durability=durability,  # type: ignore[arg-type]
+        http_port=http_port,
+        host=host,
+    )
     try:
         srv.start()
     except streams.ServerError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"nats-server {srv.url} (pid {srv.pid}), monitoring {srv.http_url}, store {store_dir}, "
-               f"durability: {streams.DURABILITY_DOC[durability]}")  # type: ignore[index]
+    click.echo(
+        f"nats-server {srv.url} (pid {srv.pid}), monitoring {srv.http_url}, store {store_dir}, "
+        f"durability: {streams.DURABILITY_DOC[durability]}"
+    )
     stop = {"now": False}
 
     def _stop(*_: object) -> None:
@@ -112,12 +144,25 @@ def server(port: int, store_dir: str, http_port: int, durability: str, host: str
 
 @cli.command()
 @click.option("--nats", "url", default=_default_url, help=NATS_HELP)
-@click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file (created if absent).")
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 10_000), help="Fetch batch size.")
-@click.option("--snapshot", default=None, type=click.Path(dir_okay=False),
-              help="Snapshot file (default: <db stem>.snapshot.duckdb beside the db).")
-@click.option("--snapshot-every", default=2.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds between snapshots (written when idle and changed).")
+@click.option(
+    "--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file (created if absent)."
+)
+@click.option(
+    "--batch", default=1000, show_default=True, type=click.IntRange(1, 10_000), help="Fetch batch size."
+)
+@click.option(
+    "--snapshot",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Snapshot file (default: <db stem>.snapshot.duckdb beside the db).",
+)
+@click.option(
+    "--snapshot-every",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between snapshots (written when idle and changed).",
+)
 def materialize(url: str, db: str, batch: int, snapshot: str | None, snapshot_every: float) -> None:
     """Materialize the log into DuckDB and answer read-only SQL over NATS, until Ctrl-C."""
     from ._materializer import Materializer
@@ -163,10 +208,10 @@ def publish(url: str, skip_invalid: bool, file: Any) -> None:
             await nc.close()
 
     sent, dups = _run(go())
-    click.echo(f"published {sent} event(s) ({dups} duplicate(s) ignored by the server)"
-               + (f"; skipped {len(errors)} invalid line(s)" if errors else ""))
-    if errors:
-        sys.exit(3)
+    click.echo(
+        f"published {sent} event(s) ({dups} duplicate(s) ignored by the server)"
+        + (f"; skipped {len(errors)} invalid line(s)" if errors else "")
+    )
 
 
 @cli.command()
@@ -186,8 +231,13 @@ def schema(kind: str | None) -> None:
 # --------------------------------------------------------------------------- the state
 @cli.command()
 @click.option("--nats", "url", default=None, help="Ask the running materializer at this NATS URL (default).")
-@click.option("--db", "db", default=None, type=click.Path(dir_okay=False),
-              help="Open a DuckDB file instead (falls back to its snapshot while a materializer owns it).")
+@click.option(
+    "--db",
+    "db",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Open a DuckDB file instead (falls back to its snapshot while a materializer owns it).",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300), help="Seconds.")
 @click.option("--max-rows", default=10_000, show_default=True, type=click.IntRange(1))
@@ -243,8 +293,11 @@ def _query_file(db: str, sql: str, max_rows: int) -> QueryResult:
 
 @cli.command()
 @click.option("--nats", "url", default=_default_url, help=NATS_HELP)
-@click.option("--monitor", default=None,
-              help="NATS monitoring URL for the durability setting (default: http://<nats host>:8222).")
+@click.option(
+    "--monitor",
+    default=None,
+    help="NATS monitoring URL for the durability setting (default: http://<nats host>:8222).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(url: str, monitor: str | None, as_json: bool) -> None:
     """Show the log's last sequence, the materialized sequence (lag), counts, dead letters, durability."""
@@ -272,7 +325,9 @@ def status(url: str, monitor: str | None, as_json: bool) -> None:
     t.add_column("what", style="bold")
     t.add_column("value")
     s = st["stream"]
-    t.add_row("stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes")
+    t.add_row(
+        "stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes"
+    )
     m = st["materializer"]
     if m.get("running"):
         t.add_row("materialized", f"seq {m['applied_seq']} (lag {m['lag']}), db {m['db']}")

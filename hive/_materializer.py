@@ -216,7 +216,9 @@ class Materializer:
             await msg.respond(orjson.dumps(body))
 
 
-async def rebuild(nats_url: str, db_path: str | Path, *, connect_options: dict[str, Any] | None = None) -> int:
+async def rebuild(
+    nats_url: str, db_path: str | Path, *, connect_options: dict[str, Any] | None = None
+) -> int:
     """Replay the whole stream from sequence 1 into a new file, then swap it in for ``db_path``.
 
     Refuses while another process (a running materializer) holds ``db_path``. Returns the
@@ -237,8 +239,14 @@ async def rebuild(nats_url: str, db_path: str | Path, *, connect_options: dict[s
     tmp = db_path.with_name(db_path.name + ".rebuild")
     for p in (tmp, Path(str(tmp) + ".wal")):
         p.unlink(missing_ok=True)
-    m = Materializer(nats_url, tmp, serve_queries=False, stop_at_seq=last, connect_options=connect_options,
-                     snapshot_path=snapshot_path_for(db_path))
+    m = Materializer(
+        nats_url,
+        tmp,
+        serve_queries=False,
+        stop_at_seq=last,
+        connect_options=connect_options,
+        snapshot_path=snapshot_path_for(db_path),
+    )
     stats = await m.run()
     import os
 

@@ -28,7 +28,6 @@ from streams import (
     decode,
 )
 
-
 TABLES = (
     "experiment_starts",
     "experiments",
@@ -98,27 +97,84 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
     for m, ev in good:
         if isinstance(ev, ExperimentFinished):
             t["experiments"].append(
-                (ev.event_id, m.seq, f"{ev.agent_id}/{ev.run_id}", ev.agent_id, ev.agent_type, ev.task,
-                 ev.model_version, ev.run_id, ev.parent_id, _json(ev.recipe), ev.seed, ev.budget,
-                 _json(ev.metrics), ev.objective, ev.cost_s, ev.status, ev.error, ev.success, ev.proposer,
-                 ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    f"{ev.agent_id}/{ev.run_id}",
+                    ev.agent_id,
+                    ev.agent_type,
+                    ev.task,
+                    ev.model_version,
+                    ev.run_id,
+                    ev.parent_id,
+                    _json(ev.recipe),
+                    ev.seed,
+                    ev.budget,
+                    _json(ev.metrics),
+                    ev.objective,
+                    ev.cost_s,
+                    ev.status,
+                    ev.error,
+                    ev.success,
+                    ev.proposer,
+                    ev.occurred_at,
+                )
             )
         elif isinstance(ev, ExperimentStarted):
             t["experiment_starts"].append(
-                (ev.event_id, m.seq, f"{ev.agent_id}/{ev.run_id}", ev.agent_id, ev.agent_type, ev.task,
-                 ev.model_version, ev.run_id, ev.parent_id, _json(ev.recipe), ev.seed, ev.budget,
-                 ev.deadline_s, ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    f"{ev.agent_id}/{ev.run_id}",
+                    ev.agent_id,
+                    ev.agent_type,
+                    ev.task,
+                    ev.model_version,
+                    ev.run_id,
+                    ev.parent_id,
+                    _json(ev.recipe),
+                    ev.seed,
+                    ev.budget,
+                    ev.deadline_s,
+                    ev.occurred_at,
+                )
             )
         elif isinstance(ev, DeploymentFinished):
             t["deployments"].append(
-                (ev.event_id, m.seq, ev.agent_id, ev.agent_type, ev.task, ev.model_version, ev.run_id,
-                 _json(ev.recipe), _json(ev.metrics), ev.objective, ev.baseline_objective, ev.cost_s,
-                 ev.status, ev.error, ev.success, ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    ev.agent_id,
+                    ev.agent_type,
+                    ev.task,
+                    ev.model_version,
+                    ev.run_id,
+                    _json(ev.recipe),
+                    _json(ev.metrics),
+                    ev.objective,
+                    ev.baseline_objective,
+                    ev.cost_s,
+                    ev.status,
+                    ev.error,
+                    ev.success,
+                    ev.occurred_at,
+                )
             )
         elif isinstance(ev, GuidancePublished):
             t["guidance"].append(
-                (ev.event_id, m.seq, ev.agent_id, ev.agent_type, ev.task, ev.model_version, ev.topic,
-                 _json(ev.avoid), ev.hint, ev.evidence, ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    ev.agent_id,
+                    ev.agent_type,
+                    ev.task,
+                    ev.model_version,
+                    ev.topic,
+                    _json(ev.avoid),
+                    ev.hint,
+                    ev.evidence,
+                    ev.occurred_at,
+                )
             )
         elif isinstance(ev, AgentStarted | AgentHeartbeat | AgentStopped):
             new = _agent_row(m.seq, ev)
@@ -131,15 +187,43 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                         old[i] = v
         elif isinstance(ev, ModelPublished):
             t["models"].append(
-                (ev.event_id, m.seq, "published", ev.name, ev.version, ev.parent_version, ev.sha256, ev.size,
-                 ev.trained_through_seq, ev.dataset_size, _json(ev.eval), ev.signature, None, ev.agent_id,
-                 ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    "published",
+                    ev.name,
+                    ev.version,
+                    ev.parent_version,
+                    ev.sha256,
+                    ev.size,
+                    ev.trained_through_seq,
+                    ev.dataset_size,
+                    _json(ev.eval),
+                    ev.signature,
+                    None,
+                    ev.agent_id,
+                    ev.occurred_at,
+                )
             )
         elif isinstance(ev, ModelRejected):
             t["models"].append(
-                (ev.event_id, m.seq, "rejected", ev.name, ev.candidate, ev.champion_version, None, None,
-                 ev.trained_through_seq, ev.dataset_size, _json(ev.eval), None, ev.reason, ev.agent_id,
-                 ev.occurred_at)
+                (
+                    ev.event_id,
+                    m.seq,
+                    "rejected",
+                    ev.name,
+                    ev.candidate,
+                    ev.champion_version,
+                    None,
+                    None,
+                    ev.trained_through_seq,
+                    ev.dataset_size,
+                    _json(ev.eval),
+                    None,
+                    ev.reason,
+                    ev.agent_id,
+                    ev.occurred_at,
+                )
             )
     t["agents"].extend(tuple(r) for r in agents.values())
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,10 +102,8 @@ def run_read_only(
     except duckdb.Error as e:
         raise QueryError(f"SQL error: {e}") from None
     finally:
-        try:
+        with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
     truncated = len(rows) > max_rows
     return QueryResult(
         columns, types, [list(r) for r in rows[:max_rows]], truncated, (time.perf_counter() - t0) * 1000
@@ -121,10 +120,8 @@ async def run_with_time_limit(
         return await asyncio.wait_for(asyncio.shield(task), timeout_s)
     except TimeoutError:
         cur.interrupt()
-        try:
+        with contextlib.suppress(QueryError):
             await task
-        except QueryError:
-            pass
         raise QueryError(f"query cut off after {timeout_s:g}s time limit") from None
     finally:
         if task.done():
@@ -147,7 +144,9 @@ async def remote_query(
     try:
         reply = await nc.request(subject, payload, timeout=timeout_s + 5)
     except NoRespondersError:
-        raise QueryError("no query service is answering: is `hive materialize` (or `hive up`) running?") from None
+        raise QueryError(
+            "no query service is answering: is `hive materialize` (or `hive up`) running?"
+        ) from None
     except NatsTimeout:
         raise QueryError("the query service did not answer in time") from None
     return QueryResult.from_json(reply.data)

@@ -232,7 +232,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
     have = int(row[0]) if row else 0
     if have > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema v{have} is newer than this hive (v{SCHEMA_VERSION}); upgrade hive")
+        raise RuntimeError(
+            f"database schema v{have} is newer than this hive (v{SCHEMA_VERSION}); upgrade hive"
+        )
     for version, description, sql in MIGRATIONS:
         if version <= have:
             continue
@@ -240,7 +242,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         try:
             for stmt in con.extract_statements(sql):
                 con.execute(stmt)
-            con.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)", [version, description])
+            con.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (?, ?)", [version, description]
+            )
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

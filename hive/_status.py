@@ -37,11 +37,14 @@ def durability_from_monitor(monitor_url: str | None) -> dict[str, Any]:
     except OSError as e:
         return {"setting": "unknown", "detail": f"monitoring endpoint unreachable: {e}"}
     if cfg.get("sync_always"):
-        return {"setting": "always", "detail": "fsync before every ack: survives power loss, slower publishing"}
+        return {
+            "setting": "always",
+            "detail": "fsync before every ack: survives power loss, slower publishing",
+        }
     secs = cfg.get("sync_interval", 120_000_000_000) / 1e9
     return {
         "setting": f"every {secs:g}s",
-        "detail": f"fsync every {secs:g}s: a process crash loses nothing; power loss can lose up to {secs:g}s",
+        "detail": f"fsync every {secs:g}s: a process crash loses nothing; power loss can lose {secs:g}s",
     }
 
 
@@ -68,7 +71,10 @@ async def gather_status(nc: Client, monitor_url: str | None = None) -> dict[str,
         counts = await remote_query(nc, COUNTS_SQL, timeout_s=5)
         out["counts"] = {row[0]: row[1] for row in counts.rows}
     except (NoRespondersError, NatsTimeout):
-        out["materializer"] = {"running": False, "detail": "no materializer answers (start `hive materialize`)"}
+        out["materializer"] = {
+            "running": False,
+            "detail": "no materializer answers (start `hive materialize`)",
+        }
     except QueryError as e:
         out["counts"] = {"error": str(e)}
     return out

@@ -98,10 +98,14 @@ def _agents_upsert() -> str:
     # Later non-null values win; an older event re-applied after the dedupe window changes nothing.
     sets = ", ".join(
         f"{c} = coalesce(EXCLUDED.{c}, agents.{c})" for c in ARROW["agents"].names if c not in ("agent_id",)
-    ).replace("last_seen = coalesce(EXCLUDED.last_seen, agents.last_seen)",
-              "last_seen = greatest(EXCLUDED.last_seen, agents.last_seen)")
-    return f"INSERT INTO agents SELECT * FROM _batch_agents ON CONFLICT (agent_id) DO UPDATE SET {sets} " \
-           "WHERE EXCLUDED.seq > agents.seq"
+    ).replace(
+        "last_seen = coalesce(EXCLUDED.last_seen, agents.last_seen)",
+        "last_seen = greatest(EXCLUDED.last_seen, agents.last_seen)",
+    )
+    return (
+        f"INSERT INTO agents SELECT * FROM _batch_agents ON CONFLICT (agent_id) DO UPDATE SET {sets} "
+        "WHERE EXCLUDED.seq > agents.seq"
+    )
 
 
 _AGENTS_UPSERT = _agents_upsert()

@@ -6,7 +6,6 @@ Imports nothing else of hive's. The public surface is ``__all__``.
 from ._codec import UPCASTERS, DecodeError, decode, encode, upcaster
 from ._connect import DEFAULT_URL, DUPLICATE_WINDOW_S, connect, ensure_stream, stream_config
 from ._consumer import ConsumerLost, LogEntry, LogReader
-from ._examples import example
 from ._events import (
     EVENT_TYPES,
     EVENTS_BY_KIND,
@@ -27,6 +26,7 @@ from ._events import (
     json_schema,
     utcnow,
 )
+from ._examples import example
 from ._publisher import Publisher
 from ._server import DURABILITY_DOC, Durability, EmbeddedServer, ServerError, find_nats_server
 from ._subjects import (
@@ -78,8 +78,8 @@ __all__ = [
     "current_version",
     "decode",
     "encode",
-    "example",
     "ensure_stream",
+    "example",
     "find_nats_server",
     "json_schema",
     "stream_config",

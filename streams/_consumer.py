@@ -54,8 +54,15 @@ class LogReader:
     sequence returned (do that on :class:`ConsumerLost` or after a reconnect).
     """
 
-    def __init__(self, nc: Client, *, after_seq: int = 0, filter_subject: str = ">",
-                 stream: str = STREAM, inactive_threshold: float = 60.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        after_seq: int = 0,
+        filter_subject: str = ">",
+        stream: str = STREAM,
+        inactive_threshold: float = 60.0,
+    ) -> None:
         self.nc = nc
         self.stream = stream
         self.filter_subject = filter_subject
@@ -68,8 +75,9 @@ class LogReader:
     async def start(self) -> LogReader:
         """Create the consumer (starting after ``last_seq``) and the private inbox."""
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, pending_msgs_limit=1 << 20,
-                                            pending_bytes_limit=1 << 30)
+        self._sub = await self.nc.subscribe(
+            self._inbox, pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30
+        )
         await self._create_consumer()
         return self
 
@@ -166,8 +174,9 @@ class LogReader:
                 raise ConsumerLost(f"pull request refused with status {st}")
         return out
 
-    async def _collect(self, out: list[LogEntry], batch: int, deadline: float,
-                       first_only: bool = False) -> str | None:
+    async def _collect(
+        self, out: list[LogEntry], batch: int, deadline: float, first_only: bool = False
+    ) -> str | None:
         """Wait for messages until ``batch`` are in ``out``, a status ends the request, or the deadline."""
         assert self._sub is not None
         q = self._sub._pending_queue

@@ -81,7 +81,9 @@ class ExperimentStarted(TraceEvent):
     recipe: Recipe
     seed: int = Field(ge=0, le=2**31 - 1)
     budget: float = Field(gt=0, le=1e12)
-    deadline_s: float = Field(gt=0, le=7 * 24 * 3600, description="seconds after which it counts as abandoned")
+    deadline_s: float = Field(
+        gt=0, le=7 * 24 * 3600, description="seconds after which it counts as abandoned"
+    )
 
 
 class ExperimentFinished(TraceEvent):

@@ -41,9 +41,7 @@ class Publisher:
     async def publish_acked(self, events: Iterable[Event]) -> list[PubAck]:
         """Publish many events pipelined and return every ack (``ack.duplicate`` marks retries)."""
         pub = self.js.publish_async
-        futures = [
-            await pub(subject_for(e), encode(e), headers={"Nats-Msg-Id": e.event_id}) for e in events
-        ]
+        futures = [await pub(subject_for(e), encode(e), headers={"Nats-Msg-Id": e.event_id}) for e in events]
         return [await f for f in futures]
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> PubAck:

@@ -49,8 +49,13 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
         self.log = log
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.p = subprocess.Popen([sys.executable, "-m", "hive", *args], env={**CHILD_ENV, **(env or {})},
-                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "hive", *args],
+            env={**CHILD_ENV, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def kill9(self) -> None:
         """SIGKILL, as a crash would."""
@@ -92,14 +97,23 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
             p.stop(5)
 
 
-def run_hive(*args: str, input: bytes | None = None, timeout: float = 60,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_hive(
+    *args: str, input: bytes | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a hive command to completion and capture its output."""
-    return subprocess.run([sys.executable, "-m", "hive", *args], input=input.decode() if input else None,
-                          capture_output=True, text=True, timeout=timeout, env={**CHILD_ENV, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "hive", *args],
+        input=input.decode() if input else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**CHILD_ENV, **(env or {})},
+    )
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 30, every: float = 0.1, what: str = "condition") -> Any:
+async def wait_for(
+    cond: Callable[[], Any], timeout: float = 30, every: float = 0.1, what: str = "condition"
+) -> Any:
     """Await until ``cond()`` (sync or async) returns a truthy value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -15,9 +15,18 @@ from hive import TABLES, applied_seq_of
 def finished(i: int, agent: str = "r-1", **kw: Any) -> streams.ExperimentFinished:
     """A valid ExperimentFinished event number ``i`` of ``agent``."""
     base: dict[str, Any] = dict(
-        event_id=f"{agent}/run-{i}/finish", agent_id=agent, agent_type="researcher", task=f"branin/{i % 5}",
-        run_id=f"run-{i}", recipe={"x1": 0.1 * i, "x2": 2.0, "transform": "none"}, seed=i, budget=1.0,
-        metrics={"value": float(i % 17)}, objective=float(i % 17), cost_s=0.01, status="ok",
+        event_id=f"{agent}/run-{i}/finish",
+        agent_id=agent,
+        agent_type="researcher",
+        task=f"branin/{i % 5}",
+        run_id=f"run-{i}",
+        recipe={"x1": 0.1 * i, "x2": 2.0, "transform": "none"},
+        seed=i,
+        budget=1.0,
+        metrics={"value": float(i % 17)},
+        objective=float(i % 17),
+        cost_s=0.01,
+        status="ok",
         success=i % 2 == 0,
     )
     base.update(kw)

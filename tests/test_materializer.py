@@ -37,7 +37,9 @@ async def count(nc: Any, sql: str) -> Any:
     return (await remote_query(nc, sql)).rows[0][0]
 
 
-async def test_round_trip_through_query_service_and_snapshot(nats_server: Any, nc: Any, tmp_path: Path) -> None:
+async def test_round_trip_through_query_service_and_snapshot(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
     """Published events become rows, readable through the query service and the snapshot file."""
     db = tmp_path / "hive.duckdb"
     pub = streams.Publisher(nc.jetstream())
@@ -90,12 +92,23 @@ def _poison(nc_subject: str = "hive.traces.researcher.r-1") -> list[tuple[str, b
         (nc_subject, b"{this is not json", "bad JSON"),
         (nc_subject, orjson.dumps({**good, "event_id": "r-1/t", "seed": "7"}), "seed"),
         (nc_subject, orjson.dumps({**good, "event_id": "r-1/x", "extra": 1}), "Extra inputs"),
-        (nc_subject, orjson.dumps({**good, "event_id": "r-1/n"}).replace(b'"objective":1.0', b'"objective":NaN'),
-         "bad JSON"),
+        (
+            nc_subject,
+            orjson.dumps({**good, "event_id": "r-1/n"}).replace(b'"objective":1.0', b'"objective":NaN'),
+            "bad JSON",
+        ),
         (nc_subject, orjson.dumps(big), "oversize"),
-        (nc_subject, orjson.dumps({**good, "event_id": "r-1/v", "schema_version": 99}), "unknown schema_version"),
+        (
+            nc_subject,
+            orjson.dumps({**good, "event_id": "r-1/v", "schema_version": 99}),
+            "unknown schema_version",
+        ),
         ("hive.traces.researcher.r-2", orjson.dumps({**good, "event_id": "r-1/s"}), "does not own subject"),
-        (nc_subject, orjson.dumps({**good, "event_id": "r-1/k", "kind": "ExperimentExploded"}), "unknown kind"),
+        (
+            nc_subject,
+            orjson.dumps({**good, "event_id": "r-1/k", "kind": "ExperimentExploded"}),
+            "unknown kind",
+        ),
     ]
 
 
@@ -131,12 +144,15 @@ async def test_rebuild_gives_the_same_state_as_incremental_ingestion(
     db = tmp_path / "inc.duckdb"
     for round_ in range(3):  # ingest in three separate runs, with restarts in between
         await pub.publish_many([finished(i, agent=f"r-{round_}") for i in range(40)])
-        await pub.publish(streams.AgentHeartbeat(event_id=f"r-{round_}/hb/1", agent_id=f"r-{round_}",
-                                                 agent_type="researcher", experiments=40))
+        await pub.publish(
+            streams.AgentHeartbeat(
+                event_id=f"r-{round_}/hb/1", agent_id=f"r-{round_}", agent_type="researcher", experiments=40
+            )
+        )
         await js.publish("hive.traces.researcher.r-0", b"poison")
         last = (await js.stream_info(streams.STREAM)).state.last_seq
         async with running(nats_server.url, db) as m:
-            await wait_for(lambda: m.stats.applied_seq == last, what="applied")
+            await wait_for(lambda m=m, last=last: m.stats.applied_seq == last, what="applied")
     before = digest(db)
     seq = await rebuild(nats_server.url, db)
     assert seq == last
@@ -160,9 +176,15 @@ async def test_query_service_answers_refuses_writes_and_cuts_off_runaways(
         assert answers >= 1
         with pytest.raises(QueryError, match="SQL error"):
             await remote_query(nc, "SELECT nope FROM experiments")
-        for stmt in ("DELETE FROM experiments", "DROP TABLE experiments", "INSERT INTO checkpoint VALUES ('x', 1)",
-                     "COPY experiments TO '/tmp/x.csv'", "ATTACH '/tmp/other.db'", "SELECT 1; DELETE FROM agents"):
-            with pytest.raises(QueryError, match="read-only|one statement"):
+        for stmt in (
+            "DELETE FROM experiments",
+            "DROP TABLE experiments",
+            "INSERT INTO checkpoint VALUES ('x', 1)",
+            "COPY experiments TO '/tmp/x.csv'",
+            "ATTACH '/tmp/other.db'",
+            "SELECT 1; DELETE FROM agents",
+        ):
+            with pytest.raises(QueryError, match=r"read-only|one statement"):
                 await remote_query(nc, stmt)
         with pytest.raises(QueryError, match="cut off"):
             await remote_query(nc, "SELECT count(*) FROM range(100000000000) a, range(1000) b", timeout_s=0.5)
@@ -171,11 +193,14 @@ async def test_query_service_answers_refuses_writes_and_cuts_off_runaways(
         assert await count(nc, "SELECT count(*) FROM experiments") == 3001
 
 
-async def test_second_materializer_on_the_same_file_fails_fast(nats_server: Any, nc: Any, tmp_path: Path) -> None:
+async def test_second_materializer_on_the_same_file_fails_fast(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
     """A second materializer on a DuckDB file that one already owns exits at once with a clear message."""
     db = tmp_path / "own.duckdb"
     async with running(nats_server.url, db):
-        out = await asyncio.to_thread(run_hive, "materialize", "--nats", nats_server.url, "--db", str(db),
-                                      timeout=30)
+        out = await asyncio.to_thread(
+            run_hive, "materialize", "--nats", nats_server.url, "--db", str(db), timeout=30
+        )
     assert out.returncode != 0
     assert "held by" in out.stderr and "one owner" in out.stderr

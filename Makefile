@@ -1,0 +1,33 @@
+# One place for the commands the README gives. Every target sets up what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint bench clean
+
+# A virtual environment with CPU torch (a local build on these machines; pinned so pip never
+# pulls a multi-GB CUDA build) and hive with its test tools.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## The local swarm on the embedded NATS (state in ./hive-data; stops by itself after --duration).
+up: $(STAMP)
+	$(VENV)/bin/hive up $(ARGS)
+
+## Lint, type-check and run the whole test suite against real nats-server processes and DuckDB files.
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(VENV)/bin/hive bench ingest --events 50000 --json
+
+clean:
+	rm -rf $(VENV) hive-data

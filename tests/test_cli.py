@@ -1,0 +1,149 @@
+"""The ``hive`` command line as users and scripts call it: help, errors, exit codes, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import streams
+
+from .conftest import run_hive, wait_for
+from .spine_helpers import finished
+
+COMMANDS = [
+    [],
+    ["server"],
+    ["materialize"],
+    ["publish"],
+    ["schema"],
+    ["query"],
+    ["status"],
+    ["rebuild"],
+    ["bench"],
+    ["bench", "ingest"],
+]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "hive")
+def test_every_command_has_help(cmd: list[str]) -> None:
+    """``--help`` works for every command and exits 0."""
+    out = run_hive(*cmd, "--help")
+    assert out.returncode == 0 and "Usage:" in out.stdout
+
+
+def test_schema_and_examples() -> None:
+    """``hive schema`` prints JSON Schema; ``--example KIND`` prints a valid event; a bad KIND fails."""
+    out = run_hive("schema")
+    assert out.returncode == 0 and "ExperimentFinished" in orjson.dumps(orjson.loads(out.stdout)).decode()
+    out = run_hive("schema", "--example", "ExperimentFinished")
+    assert out.returncode == 0
+    assert streams.decode(out.stdout.strip().encode()).kind == "ExperimentFinished"
+    out = run_hive("schema", "--example", "Bogus")
+    assert out.returncode == 2 and "unknown kind" in out.stderr
+
+
+def test_unreachable_nats_is_a_clear_error() -> None:
+    """Commands that need NATS say where they tried and exit 1 when nothing listens there."""
+    out = run_hive("query", "--nats", "nats://127.0.0.1:1", "SELECT 1", timeout=30)
+    assert out.returncode == 1 and "cannot connect to NATS at nats://127.0.0.1:1" in out.stderr
+
+
+async def test_publish_validates_every_line_first(nats_server: Any, nc: Any, tmp_path: Path) -> None:
+    """An invalid line is reported with its number and nothing is published, unless --skip-invalid."""
+    good = [streams.encode(finished(i)).decode() for i in range(3)]
+    f = tmp_path / "events.jsonl"
+    f.write_text("\n".join([good[0], '{"kind": "ExperimentFinished"}', good[1], "not json", good[2]]) + "\n")
+    out = await asyncio.to_thread(run_hive, "publish", "--nats", nats_server.url, str(f))
+    assert out.returncode == 1
+    assert "line 2:" in out.stderr and "line 4: bad JSON" in out.stderr and "nothing published" in out.stderr
+    js = nc.jetstream()
+    assert (await js.stream_info(streams.STREAM)).state.messages == 0
+    out = await asyncio.to_thread(run_hive, "publish", "--nats", nats_server.url, "--skip-invalid", str(f))
+    assert out.returncode == 0 and "published 3 event(s)" in out.stdout
+    out = await asyncio.to_thread(run_hive, "publish", "--nats", nats_server.url, "--skip-invalid", str(f))
+    assert "3 duplicate(s)" in out.stdout
+    assert (await js.stream_info(streams.STREAM)).state.messages == 3
+
+
+async def test_query_status_rebuild_against_a_running_materializer(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """query (table/csv/json), status with lag and durability, and rebuild refusing a live file."""
+    db = tmp_path / "cli.duckdb"
+    await streams.Publisher(nc.jetstream()).publish_many([finished(i) for i in range(20)])
+    mat = spawn("materialize", "--nats", nats_server.url, "--db", str(db))
+    url = nats_server.url
+
+    async def q(*args: str) -> Any:
+        return await asyncio.to_thread(run_hive, "query", "--nats", url, *args)
+
+    await wait_for(lambda: _n_rows(url) == 20, timeout=30, what="20 rows")
+    out = await q(
+        "--format", "csv", "SELECT task, count(*) AS n FROM experiments GROUP BY task ORDER BY task"
+    )
+    assert (
+        out.returncode == 0 and out.stdout.splitlines()[0] == "task,n" and len(out.stdout.splitlines()) == 6
+    )
+    out = await q("--format", "json", "SELECT count(*) AS n FROM experiments")
+    assert orjson.loads(out.stdout) == [{"n": 20}]
+    out = await q("SELECT task, best_objective FROM best_per_task ORDER BY task")
+    assert out.returncode == 0 and "branin/0" in out.stdout and "best_objective" in out.stdout
+    out = await q("SELECT nope")
+    assert out.returncode == 1 and "SQL error" in out.stderr
+    out = await q("DROP TABLE experiments")
+    assert out.returncode == 1 and "read-only" in out.stderr
+
+    out = await asyncio.to_thread(
+        run_hive, "status", "--nats", url, "--monitor", nats_server.http_url, "--json"
+    )
+    st = orjson.loads(out.stdout)
+    assert st["stream"]["last_seq"] == 20 and st["materializer"]["applied_seq"] == 20
+    assert st["materializer"]["lag"] == 0 and st["counts"]["ExperimentFinished"] == 20
+    assert st["durability"]["setting"] == "every 120s"
+    out = await asyncio.to_thread(run_hive, "status", "--nats", url, "--monitor", nats_server.http_url)
+    assert out.returncode == 0 and "lag 0" in out.stdout
+
+    out = await asyncio.to_thread(run_hive, "rebuild", "--nats", url, "--db", str(db))
+    assert out.returncode == 1 and "held by" in out.stderr
+    assert mat.stop() == 0
+    out = await asyncio.to_thread(run_hive, "rebuild", "--nats", url, "--db", str(db))
+    assert out.returncode == 0 and "through seq 20" in out.stdout
+    out = await asyncio.to_thread(
+        run_hive, "query", "--db", str(db), "--format", "json", "SELECT count(*) AS n FROM experiments"
+    )
+    assert orjson.loads(out.stdout) == [{"n": 20}]
+
+
+def _n_rows(url: str) -> int:
+    out = run_hive("query", "--nats", url, "--format", "json", "SELECT count(*) AS n FROM experiments")
+    return int(orjson.loads(out.stdout)[0]["n"]) if out.returncode == 0 else -1
+
+
+async def test_server_command_runs_in_foreground_and_stops_on_sigterm(spawn: Any, tmp_path: Path) -> None:
+    """``hive server`` starts a JetStream server in the foreground and stops cleanly on SIGTERM."""
+    p = spawn("server", "--port", "0", "--http-port", "0", "--store", str(tmp_path / "store"))
+    line = await wait_for(
+        lambda: "nats-server nats://" in p.output() and p.output(), timeout=20, what="server up"
+    )
+    url = line.split("nats-server ", 1)[1].split(" ", 1)[0]
+    client = await streams.connect(url)
+    await streams.ensure_stream(client.jetstream())
+    await client.close()
+    p.p.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(p.p.wait, 20) == 0
+    assert "nats-server stopped" in p.output()
+
+
+def test_bench_ingest_prints_json_figures() -> None:
+    """``hive bench ingest --json`` prints the raw baseline, hive's rates, latency and the ratio."""
+    out = run_hive("bench", "ingest", "--events", "2000", "--json", timeout=240)
+    assert out.returncode == 0, out.stderr
+    r = orjson.loads(out.stdout)
+    for key in ("raw_publish_per_s", "hive_publish_per_s", "end_to_end_per_s", "ratio", "rebuild_per_s"):
+        assert r[key] > 0
+    assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]

@@ -377,6 +377,108 @@ def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
         click.echo(human_line(result), err=True)
 
 
+@cli.command()
+@click.option(
+    "--agents",
+    "n_agents",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 512),
+    help="Agents to run (types assigned round-robin).",
+)
+@click.option(
+    "--types",
+    default="researcher,deployer,analyst",
+    show_default=True,
+    help="Comma-separated agent types (names or module:Class).",
+)
+@click.option("--task", default="hartmann6/0", show_default=True, help="Task instance the agents work on.")
+@click.option(
+    "--duration",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to run; 0 = until Ctrl-C.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    default="./hive-data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="State directory: NATS store, DuckDB file, logs.",
+)
+@click.option(
+    "--nats", "url", default=None, help="Use this NATS server instead of starting the embedded one."
+)
+@click.option(
+    "--port",
+    default=4222,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Embedded server port (0 = any free port).",
+)
+@click.option(
+    "--http-port",
+    default=8222,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Embedded server monitoring port.",
+)
+@click.option("--distill/--no-distill", default=True, show_default=True, help="Run the distiller.")
+@click.option(
+    "--distill-every",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Distill after this many new traces.",
+)
+def up(
+    n_agents: int,
+    types: str,
+    task: str,
+    duration: float,
+    data_dir: str,
+    url: str | None,
+    port: int,
+    http_port: int,
+    distill: bool,
+    distill_every: int,
+) -> None:
+    """Run the whole swarm on this machine with live progress; state stays in --data."""
+    from agents import load_agent_type, load_task
+
+    from ._supervisor import Swarm, UpConfig
+
+    type_list = [t.strip() for t in types.split(",") if t.strip()]
+    try:
+        for t in type_list:
+            load_agent_type(t)
+        load_task(task)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if not type_list and n_agents:
+        raise click.BadParameter("give at least one agent type", param_hint="--types")
+    cfg = UpConfig(
+        data_dir=Path(data_dir),
+        agents=n_agents,
+        types=type_list,
+        task=task,
+        duration_s=duration or None,
+        nats_url=url,
+        port=port,
+        http_port=http_port,
+        distill=distill,
+        distill_every_traces=distill_every,
+    )
+    _run(Swarm(cfg).run())
+
+
+from ._agent_cli import agent  # noqa: E402
+
+cli.add_command(agent)
+
+
 def main() -> None:
     """Console-script entry point."""
     with contextlib.suppress(BrokenPipeError):

@@ -187,7 +187,12 @@ class Materializer:
                 raise QueryError('request must be {"sql": "..."} or plain SQL text')
             timeout_s = min(float(req.get("timeout_s", DEFAULT_TIMEOUT_S)), 300.0)
             max_rows = min(int(req.get("max_rows", DEFAULT_MAX_ROWS)), 1_000_000)
-            result = await run_with_time_limit(self._con, req["sql"], timeout_s=timeout_s, max_rows=max_rows)
+            params = req.get("params") or None
+            if params is not None and not isinstance(params, list):
+                raise QueryError("params must be a list")
+            result = await run_with_time_limit(
+                self._con, req["sql"], timeout_s=timeout_s, max_rows=max_rows, params=params
+            )
             payload = result.to_json()
             limit = (self._nc.max_payload if self._nc else 1 << 20) - 1024
             while len(payload) > limit and result.rows:

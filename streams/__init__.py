@@ -28,6 +28,7 @@ from ._events import (
 )
 from ._examples import example
 from ._publisher import Publisher
+from ._query_client import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, QueryResult, remote_query
 from ._server import DURABILITY_DOC, Durability, EmbeddedServer, ServerError, find_nats_server
 from ._subjects import (
     MODEL_BUCKET,
@@ -41,6 +42,8 @@ from ._subjects import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
     "DUPLICATE_WINDOW_S",
     "DURABILITY_DOC",
@@ -72,6 +75,8 @@ __all__ = [
     "ModelPublished",
     "ModelRejected",
     "Publisher",
+    "QueryError",
+    "QueryResult",
     "ServerError",
     "TraceEvent",
     "connect",
@@ -82,6 +87,7 @@ __all__ = [
     "example",
     "find_nats_server",
     "json_schema",
+    "remote_query",
     "stream_config",
     "subject_agent",
     "subject_for",

@@ -71,6 +71,7 @@ class LogReader:
         self._sub: Subscription | None = None
         self._consumer = ""
         self._inbox = ""
+        self._linger_until = 0.0
 
     async def start(self) -> LogReader:
         """Create the consumer (starting after ``last_seq``) and the private inbox."""
@@ -126,9 +127,13 @@ class LogReader:
         if status:
             if status == "100":  # idle heartbeat / flow control
                 return None
-            if status == "409" and "Consumer Deleted" in (msg.headers or {}).get("Description", ""):
-                raise ConsumerLost("consumer deleted")
-            return status
+            description = (msg.headers or {}).get("Description", "")
+            if status in ("503",) or (status == "409" and "Consumer Deleted" in description):
+                raise ConsumerLost(f"{status} {description}".strip())
+            if status in ("404", "408", "409"):  # the pull request ended (no messages, expired, limits)
+                self._linger_until = 0.0 if status == "408" else self._linger_until
+                return status
+            raise ConsumerLost(f"unexpected status {status} {description}".strip())
         seq, ts = _parse_reply(msg.reply)
         if seq > self.last_seq:  # never hand out a sequence twice
             out.append(LogEntry(seq, msg.subject, msg.data, datetime.fromtimestamp(ts / 1e9, UTC)))
@@ -157,46 +162,38 @@ class LogReader:
         self._drain(out, batch)
         if len(out) >= batch:
             return out
+        # What is there now: a no_wait request ends at once (full batch, or a 404/408 status).
         await self._request({"batch": batch - len(out), "no_wait": True})
-        status = await self._collect(out, batch, time.monotonic() + max(timeout, 1.0))
-        if out or status not in ("404", "408"):
-            if status and status not in ("404", "408"):
-                raise ConsumerLost(f"pull request refused with status {status}")
+        await self._collect(out, batch, time.monotonic() + max(timeout, 2.0))
+        if out:
             return out
-        # Nothing available now: linger until the first message or the timeout.
-        await self._request({"batch": batch, "expires": int(timeout * 1e9)})
-        deadline = time.monotonic() + timeout + 0.5
-        while not out:
-            st = await self._collect(out, batch, deadline, first_only=True)
-            if st in ("408", None):
-                break
-            if st != "404":
-                raise ConsumerLost(f"pull request refused with status {st}")
+        # Nothing now: keep at most one lingering request open, and wait for its first message.
+        now = time.monotonic()
+        if now >= self._linger_until:
+            await self._request({"batch": batch, "expires": int(timeout * 1e9)})
+            self._linger_until = now + timeout
+        await self._collect(out, batch, now + timeout + 0.25, first_only=True)
         return out
 
     async def _collect(
         self, out: list[LogEntry], batch: int, deadline: float, first_only: bool = False
-    ) -> str | None:
-        """Wait for messages until ``batch`` are in ``out``, a status ends the request, or the deadline."""
+    ) -> None:
+        """Wait for messages until ``batch`` are in ``out``, a status ends the request, or the
+        deadline passes (``first_only``: return as soon as anything arrived)."""
         assert self._sub is not None
         q = self._sub._pending_queue
         while len(out) < batch:
             if q.empty():
                 if first_only and out:
-                    return None
+                    return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    if not out and not first_only:
-                        raise ConsumerLost("no answer to a pull request")
-                    return None
+                    return
                 try:
                     msg = await asyncio.wait_for(q.get(), remaining)
                 except TimeoutError:
                     continue
-                status = self._take(msg, out)
-                if status:
-                    return status
-            status = self._drain(out, batch)
-            if status:
-                return status
-        return None
+                if self._take(msg, out):
+                    return
+            if self._drain(out, batch):
+                return

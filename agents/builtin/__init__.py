@@ -1,0 +1,1 @@
+"""Built-in agent types: researcher, random, deployer, analyst."""

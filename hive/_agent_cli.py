@@ -1,0 +1,98 @@
+"""``hive agent run``: agents against a running hive (what the compose services call)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import click
+
+NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
+
+
+def _default_url() -> str:
+    import streams
+
+    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
+
+
+@click.group()
+def agent() -> None:
+    """Run and list agent types."""
+
+
+@agent.command("list")
+def agent_list() -> None:
+    """List the agent types and tasks this installation knows."""
+    from agents import available_agent_types, available_tasks
+
+    click.echo("agent types: " + ", ".join(available_agent_types()))
+    click.echo("tasks:       " + ", ".join(available_tasks()))
+
+
+@agent.command("run")
+@click.argument("agent_type")
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option(
+    "--count", default=1, show_default=True, type=click.IntRange(1, 1024), help="Agents in this process."
+)
+@click.option("--task", default=None, help="Task instance, e.g. hartmann6/0, charlm, pkg.mod:MyTask/3.")
+@click.option(
+    "--id",
+    "agent_id",
+    default=None,
+    help="Agent id (default <type>-<host>-<pid>; with --count N a -<i> suffix is added).",
+)
+@click.option("--duration", default=None, type=click.FloatRange(0.1), help="Stop after this many seconds.")
+@click.option("--budget", default=None, type=float, help="Override the task's default budget.")
+@click.option(
+    "--model/--no-model",
+    "use_model",
+    default=True,
+    show_default=True,
+    help="Watch for the shared model and propose with it once published.",
+)
+@click.option(
+    "--pubkey",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Pinned Ed25519 public key for model verification (env HIVE_MODEL_PUBKEY).",
+)
+def agent_run(
+    agent_type: str,
+    url: str,
+    count: int,
+    task: str | None,
+    agent_id: str | None,
+    duration: float | None,
+    budget: float | None,
+    use_model: bool,
+    pubkey: str | None,
+) -> None:
+    """Run COUNT agents of AGENT_TYPE (a name from `hive agent list` or module:Class) until Ctrl-C."""
+    from agents import AgentRuntime, load_agent_type, load_task
+
+    try:
+        cls = load_agent_type(agent_type)
+        if task is not None:
+            load_task(task)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    base = agent_id or f"{cls.type_name}-{socket.gethostname()[:20]}-{os.getpid()}"
+    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
+    ids = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
+    watcher = _model_watcher(pubkey) if use_model else None
+    runtime = AgentRuntime(url, model_watcher=watcher)
+    specs = [(cls, i, task) for i in ids]
+    asyncio.run(runtime.run(specs, duration_s=duration, options={"budget": budget}))
+
+
+def _model_watcher(pubkey: str | None) -> Any:
+    """The distillation package's model watcher, if available (it is added by the distill issue)."""
+    try:
+        from agents._policy import make_model_watcher
+    except ImportError:
+        return None
+    return make_model_watcher(pubkey or os.environ.get("HIVE_MODEL_PUBKEY"))

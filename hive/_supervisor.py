@@ -1,0 +1,263 @@
+"""``hive up``: the whole swarm on one machine — embedded NATS, materializer + query service,
+distiller, and N agents as separate processes — with live progress, stopped cleanly by
+Ctrl-C / SIGTERM or after ``--duration``. State lives in one directory; a second ``hive up``
+on the same directory continues from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+import streams
+
+log = structlog.get_logger("hive.up")
+
+PROGRESS_SQL = {
+    "experiments": "SELECT count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE status <> 'ok') "
+    "FROM experiments",
+    "deployments": "SELECT count(*), count(*) FILTER (WHERE success) FROM deployments",
+    "best": "SELECT b.task, b.best_objective, avg(e.objective) FILTER (WHERE e.proposer = 'baseline') "
+    "FROM best_per_task b JOIN experiments e USING (task) GROUP BY ALL ORDER BY b.task LIMIT 8",
+    "agents": "SELECT liveness, count(*) FROM agent_liveness GROUP BY ALL",
+    "models": "SELECT coalesce(max(version) FILTER (WHERE decision = 'published'), 0), "
+    "count(*) FILTER (WHERE decision = 'rejected') FROM models",
+    "abandoned": "SELECT count(*) FROM experiment_status WHERE state = 'abandoned'",
+}
+
+
+@dataclass
+class UpConfig:
+    """What ``hive up`` runs (the CLI's options)."""
+
+    data_dir: Path = Path("./hive-data")
+    agents: int = 4
+    types: list[str] = field(default_factory=lambda: ["researcher", "deployer", "analyst"])
+    task: str = "hartmann6/0"
+    duration_s: float | None = 60.0
+    nats_url: str | None = None
+    port: int = 4222
+    http_port: int = 8222
+    distill: bool = True
+    distill_every_traces: int = 200
+    extra_agent_args: list[str] = field(default_factory=list)
+
+
+class Swarm:
+    """The processes of one ``hive up``; :meth:`run` returns when the swarm has stopped."""
+
+    def __init__(self, cfg: UpConfig, console: Console | None = None) -> None:
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.server: streams.EmbeddedServer | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop = asyncio.Event()
+        self.url = cfg.nats_url or ""
+        self.logs = cfg.data_dir / "logs"
+
+    def stop(self) -> None:
+        """Ask the swarm to stop (agents first, then the distiller, materializer and server)."""
+        self._stop.set()
+
+    def _spawn(self, name: str, *args: str) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
+        env = {**os.environ, "HIVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "hive", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops the children
+        )
+        out.close()
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """Record the swarm's process ids in ``<data>/up.pids`` (for operators and tests)."""
+        import json
+
+        pids = {name: p.pid for name, p in self.procs.items()}
+        if self.server is not None and self.server.pid is not None:
+            pids["nats-server"] = self.server.pid
+        (self.cfg.data_dir / "up.pids").write_text(json.dumps(pids, indent=1))
+
+    def agent_plan(self) -> list[tuple[str, str]]:
+        """``(agent_type, agent_id)`` for each agent: types assigned round-robin."""
+        return [
+            (self.cfg.types[i % len(self.cfg.types)], f"{self.cfg.types[i % len(self.cfg.types)]}-{i}")
+            for i in range(self.cfg.agents)
+        ]
+
+    async def run(self) -> dict[str, Any]:
+        """Start everything, show progress until stopped, stop everything; returns the last progress."""
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        last: dict[str, Any] = {}
+        try:
+            if not self.url:
+                self.server = streams.EmbeddedServer(
+                    port=cfg.port,
+                    http_port=cfg.http_port,
+                    store_dir=cfg.data_dir / "nats",
+                    log_file=cfg.data_dir / "nats.log",
+                ).start()
+                self.url = self.server.url
+            (cfg.data_dir / "nats.url").write_text(self.url + "\n")
+            nc = await streams.connect(self.url, name="hive-up")
+            await streams.ensure_stream(nc.jetstream())
+            self._spawn(
+                "materializer", "materialize", "--nats", self.url, "--db", str(cfg.data_dir / "hive.duckdb")
+            )
+            if cfg.distill and _has_distiller():
+                self._spawn(
+                    "distiller",
+                    "distill",
+                    "--nats",
+                    self.url,
+                    "--every-traces",
+                    str(cfg.distill_every_traces),
+                    "--data",
+                    str(cfg.data_dir),
+                )
+            for agent_type, agent_id in self.agent_plan():
+                self._spawn(
+                    agent_id,
+                    "agent",
+                    "run",
+                    agent_type,
+                    "--nats",
+                    self.url,
+                    "--task",
+                    cfg.task,
+                    "--id",
+                    agent_id,
+                    *cfg.extra_agent_args,
+                )
+            self.console.print(
+                f"[bold]hive up[/bold]: NATS {self.url}, state in {cfg.data_dir}, {cfg.agents} agents "
+                f"({', '.join(cfg.types)}) on {cfg.task}"
+                + (f", stopping after {cfg.duration_s:g}s" if cfg.duration_s else ", Ctrl-C to stop")
+            )
+            last = await self._progress(nc)
+            await nc.close()
+        finally:
+            self._shutdown()
+        return last
+
+    async def _progress(self, nc: Any) -> dict[str, Any]:
+        """Refresh the progress table (a live table on a terminal, a line every 5 s otherwise)."""
+        t0 = time.monotonic()
+        last: dict[str, Any] = {}
+        live = Live(console=self.console, refresh_per_second=2) if self.console.is_terminal else None
+        printed = -5.0
+        with live if live is not None else contextlib.nullcontext():
+            while not self._stop.is_set():
+                elapsed = time.monotonic() - t0
+                if self.cfg.duration_s and elapsed >= self.cfg.duration_s:
+                    break
+                mat = self.procs.get("materializer")
+                if mat is not None and mat.poll() is not None:
+                    self.console.print(
+                        f"[red]materializer exited; see {self.logs / 'materializer.log'}[/red]"
+                    )
+                    break
+                with contextlib.suppress(Exception):
+                    last = await self._snapshot(nc, elapsed)
+                if last and live is not None:
+                    live.update(_render(last))
+                elif last and elapsed - printed >= 5:
+                    self.console.print(_line(last))
+                    printed = elapsed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+        if last and live is None:
+            self.console.print(_render(last))
+        return last
+
+    async def _snapshot(self, nc: Any, elapsed: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"elapsed_s": round(elapsed, 1)}
+        for key, sql in PROGRESS_SQL.items():
+            out[key] = (await streams.remote_query(nc, sql, timeout_s=2)).rows
+        info = await nc.jetstream().stream_info(streams.STREAM)
+        reply = await nc.request(streams.STATUS_SUBJECT, b"{}", timeout=2)
+        import orjson
+
+        out["lag"] = max(0, info.state.last_seq - orjson.loads(reply.data)["applied_seq"])
+        return out
+
+    def _shutdown(self) -> None:
+        order = [n for n in self.procs if n not in ("materializer", "distiller")] + [
+            "distiller",
+            "materializer",
+        ]
+        for group in (order[:-2], order[-2:-1], order[-1:]):
+            for name in group:
+                p = self.procs.get(name)
+                if p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for name in group:
+                p = self.procs.get(name)
+                if p is None:
+                    continue
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if self.server is not None:
+            self.server.stop()
+        self.console.print(
+            f"hive up: stopped; state kept in {self.cfg.data_dir} "
+            f'(query it with: hive query --db {self.cfg.data_dir / "hive.duckdb"} "...")'
+        )
+
+
+def _has_distiller() -> bool:
+    try:
+        import distill._service  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _line(p: dict[str, Any]) -> str:
+    ((n, s, f),) = p["experiments"]
+    ((dn, ds),) = p["deployments"]
+    ((mv, rej),) = p["models"]
+    return (
+        f"[{p['elapsed_s']:>6.1f}s] experiments {n} (success {s}, failed {f}), deployments {dn} "
+        f"(success {ds}), model v{mv} ({rej} rejected), lag {p['lag']}"
+    )
+
+
+def _render(p: dict[str, Any]) -> Table:
+    t = Table(title=_line(p), show_header=True, header_style="bold")
+    t.add_column("task")
+    t.add_column("best so far", justify="right")
+    t.add_column("baseline (mean)", justify="right")
+    for task, best, base in p["best"]:
+        t.add_row(task, f"{best:.4g}", "" if base is None else f"{base:.4g}")
+    alive = {k: v for k, v in p["agents"]}
+    t.caption = (
+        f"agents: {alive.get('alive', 0)} alive, {alive.get('dead', 0)} dead, "
+        f"{alive.get('stopped', 0)} stopped; abandoned experiments: {p['abandoned'][0][0]}"
+    )
+    return t

@@ -1,0 +1,77 @@
+"""Agent types and tasks defined only here, loaded as ``module:Class`` by the tests (no core change)."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents import Agent, Task, on
+from agents.builtin.researcher import Researcher
+from streams import ExperimentFinished, GuidancePublished
+
+
+class ParabolaRecipe(BaseModel):
+    """One knob and one categorical."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    x: float = Field(3.0, ge=-5.0, le=5.0)
+    mode: Literal["plain", "shifted"] = "plain"
+
+
+class Parabola(Task):
+    """A task defined outside the package: minimise (x - instance)^2 (+1 for 'shifted')."""
+
+    name: ClassVar[str] = "parabola"
+    space: ClassVar[type[BaseModel]] = ParabolaRecipe
+    metric: ClassVar[str] = "value"
+    direction: ClassVar[Literal["min", "max"]] = "min"
+    default_budget: ClassVar[float] = 1.0
+    deadline_s: ClassVar[float] = 10.0
+
+    def run(self, recipe: BaseModel, seed: int, budget: float) -> dict[str, float]:
+        """Deterministic value plus a tiny seeded wobble."""
+        assert isinstance(recipe, ParabolaRecipe)
+        centre = float(self.instance) if self.instance.isdigit() else 0.0
+        wobble = ((seed * 2654435761) % 1000) / 1e5
+        return {"value": (recipe.x - centre) ** 2 + (1.0 if recipe.mode == "shifted" else 0.0) + wobble}
+
+
+class SlowTask(Parabola):
+    """A task whose runs take far longer than its deadline (for abandonment tests)."""
+
+    name: ClassVar[str] = "slow"
+    deadline_s: ClassVar[float] = 1.5
+
+    def run(self, recipe: BaseModel, seed: int, budget: float) -> dict[str, float]:
+        """Sleep 60 s."""
+        time.sleep(60)
+        return super().run(recipe, seed, budget)
+
+
+class FastResearcher(Researcher):
+    """A researcher that heartbeats every 0.3 s (so liveness tests need not wait long)."""
+
+    type_name: ClassVar[str] = "fastresearcher"
+    heartbeat_s: ClassVar[float] = 0.3
+
+
+class Echo(Agent):
+    """A reactive type: answers every finished experiment with a guidance event naming it."""
+
+    type_name: ClassVar[str] = "echo"
+
+    @on(ExperimentFinished)
+    async def echo(self, event: ExperimentFinished) -> None:
+        """Publish guidance that points at the experiment it saw."""
+        self.experiments += 1
+        await self.publish(
+            self.new_event(
+                GuidancePublished,
+                event_id=f"{self.agent_id}/echo/{event.event_id}",
+                task=event.task,
+                topic="echo",
+                hint=f"saw {event.event_id}",
+            )
+        )

@@ -1,0 +1,298 @@
+"""The agent runtime, claims, liveness, user-defined types and tasks, and ``hive up`` — against
+real nats-server processes and real DuckDB files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import streams
+from agents import AgentRuntime, Claims, load_agent_type, load_task, merged_avoid, violates
+from agents.builtin.analyst import avoid_rules
+from agents.builtin.researcher import Researcher
+
+from .conftest import run_hive, wait_for
+
+
+def _db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
+    """A short ``hive up``: every agent's traces are in DuckDB, the best beats the baseline,
+    heartbeats are recorded, and the stop is clean with no process left behind."""
+    data = tmp_path / "data"
+    out = run_hive(
+        "up",
+        "--agents",
+        "5",
+        "--types",
+        "researcher,random,deployer,analyst",
+        "--task",
+        "branin/1",
+        "--duration",
+        "12",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--no-distill",
+        "--data",
+        str(data),
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stopped; state kept in" in out.stderr
+    db = data / "hive.duckdb"
+    agents = dict(_db_rows(db, "SELECT agent_id, agent_type FROM agents"))
+    assert agents == {
+        "researcher-0": "researcher",
+        "random-1": "random",
+        "deployer-2": "deployer",
+        "analyst-3": "analyst",
+        "researcher-4": "researcher",
+    }
+    traced = {r[0] for r in _db_rows(db, "SELECT DISTINCT agent_id FROM experiments")}
+    assert traced == {"researcher-0", "random-1", "researcher-4"}
+    assert _db_rows(db, "SELECT count(*) FROM deployments WHERE agent_id = 'deployer-2'")[0][0] > 0
+    ((best, base),) = _db_rows(
+        db,
+        "SELECT min(objective), avg(objective) FILTER (WHERE proposer = 'baseline') "
+        "FROM experiments WHERE task = 'branin/1'",
+    )
+    assert best < base
+    # heartbeats: every agent was seen after it started, and all stopped cleanly
+    rows = _db_rows(db, "SELECT agent_id, liveness, last_seen > started_at FROM agent_liveness")
+    assert all(r[1] == "stopped" and r[2] for r in rows), rows
+    pids = json.loads((data / "up.pids").read_text())
+    assert set(pids) >= {"materializer", "nats-server", "researcher-0", "analyst-3"}
+    assert not [n for n, pid in pids.items() if _alive(pid)]
+
+
+async def test_user_defined_agent_and_task_load_as_module_class(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """An agent type and a task defined only in a test module run through ``hive agent run``:
+    the researcher's traces on the custom task and the reactive type's answers are queryable."""
+    db = tmp_path / "custom.duckdb"
+    url = nats_server.url
+    spawn("materialize", "--nats", url, "--db", str(db))
+    spawn("agent", "run", "tests.custom_agents:Echo", "--nats", url, "--id", "echo-1")
+    spawn(
+        "agent", "run", "researcher", "--nats", url, "--task", "tests.custom_agents:Parabola/2", "--id", "r-1"
+    )
+
+    async def rows(sql: str) -> list[Any]:
+        return (await streams.remote_query(nc, sql)).rows
+
+    await wait_for(
+        lambda: rows("SELECT count(*) FROM guidance WHERE agent_id = 'echo-1'"),
+        timeout=60,
+        what="echo guidance",
+    )
+    await wait_for(
+        lambda: _ge(rows("SELECT count(*) FROM guidance WHERE agent_id = 'echo-1'"), 5),
+        timeout=60,
+        what="more echoes",
+    )
+    # the baseline x = 3 scores 1.0 on instance 2; the optimum x = 2 scores ~0
+    best = await wait_for(
+        lambda: _best_below(rows, 0.5), timeout=60, what="search improves on the custom task"
+    )
+    assert best < 0.5
+    echoed = await rows("SELECT hint FROM guidance WHERE agent_id = 'echo-1' LIMIT 1")
+    assert echoed[0][0].startswith("saw r-1/")
+
+
+async def _best_below(rows: Any, bound: float) -> float | None:
+    ((best,),) = await rows(
+        "SELECT min(objective) FROM experiments WHERE task = 'tests.custom_agents:Parabola/2'"
+    )
+    return best if best is not None and best < bound else None
+
+
+async def _ge(coro: Any, n: int) -> bool:
+    return bool((await coro)[0][0] >= n)
+
+
+async def test_kill9_mid_experiment_shows_abandoned_and_dead(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path
+) -> None:
+    """``kill -9`` of an agent mid-experiment: the experiment shows abandoned after its deadline,
+    the agent dead after missed heartbeats, and nothing else is lost."""
+    db = tmp_path / "k.duckdb"
+    url = nats_server.url
+    spawn("materialize", "--nats", url, "--db", str(db))
+    ok_agent = spawn(
+        "agent",
+        "run",
+        "tests.custom_agents:FastResearcher",
+        "--nats",
+        url,
+        "--task",
+        "tests.custom_agents:Parabola/0",
+        "--id",
+        "steady",
+    )
+    victim = spawn(
+        "agent",
+        "run",
+        "tests.custom_agents:FastResearcher",
+        "--nats",
+        url,
+        "--task",
+        "tests.custom_agents:SlowTask/0",
+        "--id",
+        "victim",
+    )
+
+    async def scalar(sql: str) -> Any:
+        return (await streams.remote_query(nc, sql)).rows[0][0]
+
+    await wait_for(
+        lambda: scalar("SELECT count(*) FROM experiment_starts WHERE agent_id = 'victim'"),
+        timeout=60,
+        what="victim started an experiment",
+    )
+    before = await scalar("SELECT count(*) FROM experiments WHERE agent_id = 'steady'")
+    victim.kill9()
+    state = await wait_for(
+        lambda: scalar(
+            "SELECT state FROM experiment_status WHERE agent_id = 'victim' AND state = 'abandoned'"
+        ),
+        timeout=30,
+        what="abandoned",
+    )
+    assert state == "abandoned"
+    assert await wait_for(
+        lambda: scalar("SELECT liveness = 'dead' FROM agent_liveness WHERE agent_id = 'victim'"),
+        timeout=30,
+        what="victim dead",
+    )
+    assert await scalar("SELECT liveness FROM agent_liveness WHERE agent_id = 'steady'") == "alive"
+    after = await scalar("SELECT count(*) FROM experiments WHERE agent_id = 'steady'")
+    assert after >= before  # the other agent's traces are all there and still growing
+    assert ok_agent.stop() == 0
+
+
+async def test_claims_let_one_agent_run_a_recipe_at_a_time(nats_server: Any, nc: Any) -> None:
+    """Two agents claiming the same recipe on the same instance: one wins until it releases."""
+    a = await Claims(nc.jetstream()).open()
+    b = await Claims(nc.jetstream()).open()
+    recipe = {"x1": 0.5, "x2": 0.25}
+    key = await a.claim("branin/0", recipe, "agent-a")
+    assert key is not None
+    assert await b.claim("branin/0", recipe, "agent-b") is None
+    assert await b.claim("branin/1", recipe, "agent-b") is not None  # other instance: free
+    await a.release(key)
+    assert await b.claim("branin/0", recipe, "agent-b") == key
+
+
+async def test_divergent_charlm_recipe_is_a_failed_experiment(nats_server: Any, nc: Any) -> None:
+    """A charlm recipe that diverges ends as ``status=failed`` with the error, never a crash."""
+    task = load_task("charlm")
+    recipe = task.validate_recipe(
+        {
+            **task.baseline().model_dump(),
+            "lr": 0.3,
+            "warmup_frac": 0.0,
+            "schedule": "constant",
+            "grad_clip": 0.0,
+        }
+    )
+    seen: list[streams.ExperimentFinished] = []
+
+    class OneShot(Researcher):
+        type_name = "oneshot"
+
+        async def step(self) -> bool:
+            seen.append(await self.run_experiment(recipe, "prior", 1, None, None))
+            return False
+
+    await AgentRuntime(nats_server.url).run([(OneShot, "one-1", "charlm")])
+    (ev,) = seen
+    assert ev.status == "failed" and "diverged" in (ev.error or "") and ev.success is False
+
+
+def test_analyst_rules_and_proposers_respect_them() -> None:
+    """Failures concentrated at high lr become an avoid rule that proposals then respect."""
+    failed = [
+        {"lr": 0.2, "optimizer": "sgd"},
+        {"lr": 0.25, "optimizer": "adamw"},
+        {"lr": 0.3, "optimizer": "sgd"},
+    ]
+    ok = [{"lr": 0.001 * i, "optimizer": "adamw"} for i in range(1, 20)]
+    rules = avoid_rules(failed, ok)
+    assert rules == {"lr": ">= 0.2"}
+    assert violates({"lr": 0.21, "optimizer": "adamw"}, rules)
+    assert not violates({"lr": 0.01, "optimizer": "adamw"}, rules)
+
+    class G:
+        def __init__(self, avoid: dict[str, str]) -> None:
+            self.avoid = avoid
+
+    assert merged_avoid([G({"lr": ">= 0.5"}), G({"lr": ">= 0.2"})]) == {"lr": ">= 0.2"}
+
+
+def test_unknown_agent_type_and_task_are_clear_errors() -> None:
+    """Unknown names fail with the list of known ones; the CLI exits 2."""
+    with pytest.raises(ValueError, match="known: analyst, deployer, random, researcher"):
+        load_agent_type("nope")
+    out = run_hive("agent", "run", "nope", "--nats", "nats://127.0.0.1:1")
+    assert out.returncode == 2 and "unknown agent type" in out.stderr
+    out = run_hive("up", "--task", "nosuchtask/1", "--duration", "1")
+    assert out.returncode == 2 and "nosuchtask" in out.stderr
+
+
+async def test_analyst_publishes_guidance_from_repeated_failures(nats_server: Any, nc: Any) -> None:
+    """The analyst turns three failures with one cause into a GuidancePublished event."""
+    analyst_cls = load_agent_type("analyst")
+    runtime = AgentRuntime(nats_server.url)
+    run = asyncio.create_task(runtime.run([(analyst_cls, "an-1", None)]))
+    pub = streams.Publisher(nc.jetstream())
+    await asyncio.sleep(1.0)
+    for i in range(12):
+        failed = i % 4 == 0
+        await pub.publish(
+            streams.ExperimentFinished(
+                event_id=f"r/run-{i}/finish",
+                agent_id="r",
+                agent_type="researcher",
+                task="charlm",
+                run_id=f"run-{i}",
+                recipe={"lr": 0.2 + i / 100 if failed else 0.001 * (i + 1)},
+                seed=i,
+                budget=1.0,
+                cost_s=1.0,
+                status="failed" if failed else "ok",
+                error="diverged: loss nan" if failed else None,
+                objective=None if failed else 2.0,
+                metrics={},
+            )
+        )
+    reader = await streams.LogReader(nc, filter_subject="hive.traces.analyst.>").start()
+    got = await wait_for(lambda: reader.fetch(10, timeout=0.5), timeout=20, what="guidance")
+    runtime.stop()
+    await run
+    ev = streams.decode(got[0].data)
+    assert (
+        isinstance(ev, streams.GuidancePublished) and ev.topic == "diverged" and ev.avoid == {"lr": ">= 0.2"}
+    )

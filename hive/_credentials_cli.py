@@ -116,9 +116,9 @@ def credentials(
 ) -> None:
     """Generate NATS users for every role: admin, materializer, distiller and a pool of agent identities.
 
-    Each agent identity (``researcher-01`` …) may publish only its own traces and lifecycle
+    Each agent identity (researcher-01, ...) may publish only its own traces and lifecycle
     events; a replica claims a free one at start. Run once, then
-    ``docker compose --env-file OUT/.env up --scale researcher=N`` with N up to ``--agents``.
+    'docker compose --env-file OUT/.env up --scale researcher=N' with N up to --agents.
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")

@@ -1,0 +1,495 @@
+"""The compose deployment, checked without a Docker engine.
+
+* ``docker-compose.yml`` (alone and with ``docker-compose.gpu.yml``) is valid for whichever
+  validator this machine has: ``docker compose config -q`` (the plugin needs no daemon for
+  ``config``), Debian's ``docker-compose config -q``, or the compose JSON schema with
+  ``jsonschema`` (the schema file shipped by an installed docker-compose, or ``$HIVE_COMPOSE_SCHEMA``).
+* :func:`compose_services` turns each service into the command, environment and health check a
+  local process would run (hostnames → 127.0.0.1, compose secrets and volumes → local paths):
+  the emulation test builds on it.
+* ``docker/nats.conf`` with the ``auth.conf`` of ``hive credentials`` starts a real nats-server
+  (ports and store moved to temporary ones) on which the materializer role provisions the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import streams
+from hive._credentials_cli import credentials
+from streams import _auth as auth
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml (dev dependency)")
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+NATS_CONF = ROOT / "docker" / "nats.conf"
+DOCKER_README = ROOT / "docker" / "README.md"
+SCHEMA_CANDIDATES = [
+    os.environ.get("HIVE_COMPOSE_SCHEMA", ""),
+    str(ROOT / "docker" / "compose-spec.json"),
+    "/usr/lib/python3/dist-packages/compose/config/compose_spec.json",  # Debian's docker-compose
+]
+
+
+# --------------------------------------------------------------------------- reading compose files
+_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+class InterpolationError(ValueError):
+    """A ``${VAR:?message}`` reference to an unset variable (compose refuses these too)."""
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose variable interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-d}``, ``${VAR-d}``,
+    ``${VAR:?err}``, ``${VAR?err}`` (``:`` forms also treat an empty value as unset)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        if m.group("plain"):
+            return env.get(m.group("plain"), "")
+        expr = m.group("braced")
+        op = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])(.*))?$", expr, re.S)
+        if not op:
+            raise InterpolationError(f"bad variable reference ${{{expr}}}")
+        name, kind, arg = op.group(1), op.group(2), op.group(3) or ""
+        value = env.get(name)
+        unset = value is None or (kind is not None and kind.startswith(":") and value == "")
+        if kind and kind.endswith("-"):
+            return arg if unset else str(value)
+        if kind and kind.endswith("?"):
+            if unset:
+                raise InterpolationError(f"{name}: {arg}")
+            return str(value)
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [_interpolate_tree(n, env) for n in node]
+    if isinstance(node, dict):
+        return {k: _interpolate_tree(v, env) for k, v in node.items()}
+    return node
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Compose's override merge (simplified): mappings merge, command/healthcheck lists replace."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base and isinstance(base[k], dict) else v
+        return out
+    return over
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a compose ``.env`` file (comments and blanks skipped)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip().strip('"').strip("'")
+    return out
+
+
+def load_compose(*files: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The merged, interpolated compose model of ``files`` (later files override earlier ones)."""
+    env = dict(os.environ if env is None else env)
+    model: dict[str, Any] = {}
+    for f in files:
+        model = _merge(model, _interpolate_tree(yaml.safe_load(f.read_text()), env))
+    return model
+
+
+@dataclass
+class ServiceSpec:
+    """What one compose service runs, as a local process would run it."""
+
+    name: str
+    command: list[str]
+    environment: dict[str, str]
+    healthcheck: list[str] | None = None
+    depends_on: dict[str, str] = field(default_factory=dict)
+    """service → condition (``service_healthy``, ``service_started`` …)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """container path → local path used to rewrite the command and environment."""
+
+
+def _as_list(cmd: Any) -> list[str]:
+    if cmd is None:
+        return []
+    return [str(c) for c in cmd] if isinstance(cmd, list) else str(cmd).split()
+
+
+def compose_services(
+    *files: Path,
+    env: Mapping[str, str] | None = None,
+    addresses: Mapping[str, str] | None = None,
+    data_root: Path | None = None,
+    project_dir: Path = ROOT,
+) -> dict[str, ServiceSpec]:
+    """Each service's command, environment and health check, rewritten to run locally.
+
+    * hosts: ``<service>:<port>`` found in ``addresses`` becomes its value (e.g.
+      ``{"nats:4222": "127.0.0.1:43121"}``); any other ``<service>`` host becomes 127.0.0.1;
+    * ``/run/secrets/<name>`` becomes that secret's file; a named volume's mount point becomes
+      ``data_root/<volume>`` (created); a bind mount's target becomes its source.
+    """
+    model = load_compose(*(files or (COMPOSE,)), env=env)
+    services = model.get("services", {})
+    secrets = {k: str((project_dir / v["file"]).resolve()) for k, v in (model.get("secrets") or {}).items()}
+    names = "|".join(map(re.escape, services))
+    host_re = re.compile(rf"(?:(?<=://)(?:{names})(?=[:/]|$))|(?:(?<![\w.-])(?:{names})(?=:\d))")
+    addresses = dict(addresses or {})
+
+    out = {}
+    for name, svc in services.items():
+        paths: dict[str, str] = {}
+        for s in svc.get("secrets") or []:
+            src = s if isinstance(s, str) else s["source"]
+            target = s.get("target", src) if isinstance(s, dict) else src
+            paths[f"/run/secrets/{target}"] = secrets[src]
+        for v in svc.get("volumes") or []:
+            parts = v.split(":") if isinstance(v, str) else [v["source"], v["target"]]
+            src, target = parts[0], parts[1]
+            if src.startswith((".", "/")):
+                paths[target] = str((project_dir / src).resolve())
+            elif data_root is not None:
+                vol_dir = data_root / src
+                vol_dir.mkdir(parents=True, exist_ok=True)
+                paths[target] = str(vol_dir)
+
+        def local(value: str, paths: dict[str, str] = paths) -> str:
+            for hostport, repl in addresses.items():
+                value = value.replace(hostport, repl)
+            value = host_re.sub("127.0.0.1", value)
+            for target in sorted(paths, key=len, reverse=True):
+                if value == target or value.startswith(target + "/"):
+                    return paths[target] + value[len(target) :]
+            return value
+
+        environment = svc.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(e.split("=", 1) for e in environment)
+        health = (svc.get("healthcheck") or {}).get("test")
+        health = [local(h) for h in health[1:]] if isinstance(health, list) and health[0] == "CMD" else None
+        deps = svc.get("depends_on") or {}
+        out[name] = ServiceSpec(
+            name=name,
+            command=[local(c) for c in _as_list(svc.get("command"))],
+            environment={k: local(str(v)) for k, v in environment.items()},
+            healthcheck=health,
+            depends_on={d: "service_started" for d in deps}
+            if isinstance(deps, list)
+            else {d: c.get("condition", "service_started") for d, c in deps.items()},
+            paths=paths,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def creds_dir(tmp_path: Path) -> Path:
+    """Credentials made by the real ``hive credentials`` command (bcrypt cost 4 for speed)."""
+    out = tmp_path / "credentials"
+    res = CliRunner().invoke(credentials, ["--out", str(out), "--agents", "3", "--rounds", "4"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture
+def compose_env(creds_dir: Path) -> dict[str, str]:
+    """The environment compose sees: ours plus the generated ``.env``."""
+    return {**os.environ, **read_env_file(creds_dir / ".env")}
+
+
+def _compose_cli() -> list[str] | None:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if not shutil.which(cmd[0]):
+            continue
+        try:
+            r = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0:
+            return cmd
+    return None
+
+
+def _schema() -> Path | None:
+    return next((Path(p) for p in SCHEMA_CANDIDATES if p and Path(p).is_file()), None)
+
+
+def _validate_schema(jsonschema: Any, model: dict[str, Any], schema: Path) -> None:
+    """Validate with the draft the compose schema declares (2019-09), falling back to draft 7."""
+    spec = json.loads(schema.read_text())
+    cls = getattr(jsonschema, "Draft201909Validator", jsonschema.Draft7Validator)
+    cls(spec).validate(model)
+
+
+# --------------------------------------------------------------------------- validity
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["cpu", "gpu"])
+def test_compose_file_is_valid(files: list[Path], compose_env: dict[str, str]) -> None:
+    """`docker compose config -q` (or `docker-compose`) accepts the compose file(s); without a
+    compose CLI, the compose JSON schema does; skipped only when no validator exists."""
+    cli = _compose_cli()
+    if cli is not None:
+        args = [*cli, "--project-directory", str(ROOT)]
+        for f in files:
+            args += ["-f", str(f)]
+        r = subprocess.run(
+            [*args, "config", "-q"], capture_output=True, text=True, env=compose_env, timeout=60
+        )
+        assert r.returncode == 0, f"{' '.join(cli)} config: {r.stdout}{r.stderr}"
+        return
+    jsonschema = pytest.importorskip(
+        "jsonschema", reason="no validator: install docker-compose (apt) or jsonschema + a compose schema"
+    )
+    schema = _schema()
+    if schema is None:
+        pytest.skip("no validator: no compose CLI and no compose JSON schema (set HIVE_COMPOSE_SCHEMA)")
+    _validate_schema(jsonschema, load_compose(*files, env=compose_env), schema)
+
+
+def test_compose_schema_validation(compose_env: dict[str, str]) -> None:
+    """The interpolated compose model also validates against the compose JSON schema, when one is
+    installed (a second, independent check of the structure)."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed")
+    schema = _schema()
+    if schema is None:
+        pytest.skip("no compose JSON schema on this machine (Debian's docker-compose ships one)")
+    for files in ([COMPOSE], [COMPOSE, COMPOSE_GPU]):
+        _validate_schema(jsonschema, load_compose(*files, env=compose_env), schema)
+
+
+def test_compose_refuses_to_start_without_credentials() -> None:
+    """Without HIVE_CREDENTIALS_DIR (no `hive credentials` run) the compose file does not resolve,
+    so the swarm can never start with an open NATS."""
+    env = {k: v for k, v in os.environ.items() if k != "HIVE_CREDENTIALS_DIR"}
+    with pytest.raises(InterpolationError, match="hive credentials"):
+        load_compose(COMPOSE, env=env)
+    cli = _compose_cli()
+    if cli is not None:
+        r = subprocess.run(
+            [*cli, "--project-directory", str(ROOT), "-f", str(COMPOSE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert r.returncode != 0 and "hive credentials" in r.stdout + r.stderr
+
+
+def test_compose_services_are_locked_down_and_scalable(compose_env: dict[str, str]) -> None:
+    """Every hive service connects with its own mounted credentials; agent services draw from their
+    type's pool, have no fixed name or host port (so --scale works); start order uses health."""
+    model = load_compose(COMPOSE, env=compose_env)
+    svcs = model["services"]
+    assert set(svcs) >= {"nats", "hive", "distiller", "researcher", "deployer", "analyst"}
+    assert re.match(r"^nats:\d+\.\d+[\w.-]*$", svcs["nats"]["image"]), "pin the nats image version"
+    assert "healthcheck" in svcs["nats"] and "healthcheck" in svcs["hive"]
+    for name in ("hive", "distiller"):
+        assert svcs[name]["environment"]["HIVE_NATS_CREDENTIALS"].startswith("/run/secrets/")
+    for t in ("researcher", "deployer", "analyst"):
+        s = svcs[t]
+        assert s["environment"]["HIVE_AGENT_POOL"] == f"/run/secrets/agents-{t}"
+        assert s["secrets"] == [f"agents-{t}"], "an agent mounts only its own type's pool"
+        assert "container_name" not in s and "ports" not in s
+        assert s["depends_on"]["hive"]["condition"] == "service_healthy"
+        assert s["command"][:4] == ["hive", "agent", "run", t]
+    for name, s in svcs.items():
+        if name != "nats":
+            assert not str(s.get("user", "")).startswith("0"), f"{name} must not run as root"
+    gpu = load_compose(COMPOSE, COMPOSE_GPU, env=compose_env)["services"]["distiller"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "deploy" not in svcs["distiller"], "CPU hosts run the base file without a GPU reservation"
+
+
+def test_every_setting_is_documented() -> None:
+    """Each variable the compose files read or set appears in docker/README.md's settings table."""
+    text = COMPOSE.read_text() + COMPOSE_GPU.read_text()
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    model = yaml.safe_load(COMPOSE.read_text())
+    used |= set(model["x-hive-env"])
+    for svc in model["services"].values():
+        used |= set(svc.get("environment") or {})
+    readme = DOCKER_README.read_text()
+    missing = sorted(v for v in used if f"`{v}`" not in readme)
+    assert not missing, f"document in docker/README.md: {missing}"
+
+
+def test_compose_services_map_to_local_processes(
+    creds_dir: Path, compose_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The helper gives each service's command/environment with hosts on 127.0.0.1 and secrets and
+    volumes on local paths (what the emulation test runs)."""
+    specs = compose_services(
+        COMPOSE, env=compose_env, addresses={"nats:4222": "127.0.0.1:14222"}, data_root=tmp_path / "vol"
+    )
+    hive = specs["hive"]
+    assert hive.command == [
+        "hive",
+        "materialize",
+        "--nats",
+        "nats://127.0.0.1:14222",
+        "--db",
+        str(tmp_path / "vol" / "hive-data" / "hive.duckdb"),
+    ]
+    assert hive.environment["HIVE_NATS_CREDENTIALS"] == str(creds_dir / "materializer.json")
+    assert hive.environment["HIVE_NATS_URL"] == "nats://127.0.0.1:14222"
+    assert hive.healthcheck is not None and "nats://127.0.0.1:14222" in hive.healthcheck
+    assert hive.depends_on == {"nats": "service_healthy"}
+    r = specs["researcher"]
+    assert r.environment["HIVE_AGENT_POOL"] == str(creds_dir / "agents-researcher.json")
+    assert "--nats" in r.command and r.command[r.command.index("--nats") + 1] == "nats://127.0.0.1:14222"
+    assert specs["distiller"].command[:2] == ["hive", "distill"]
+    assert "--every-traces" in specs["distiller"].command
+    assert auth.load_pool(r.environment["HIVE_AGENT_POOL"], "researcher")
+
+
+def test_credentials_command(tmp_path: Path) -> None:
+    """`hive credentials` writes the pool, the service files, auth.conf and .env (no secrets in it),
+    keeps the directory out of git, refuses to overwrite without --force, checks its options."""
+    out = tmp_path / "c"
+    runner = CliRunner()
+    res = runner.invoke(
+        credentials, ["--out", str(out), "--agents", "2", "--types", "researcher,critic", "--rounds", "4"]
+    )
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert names >= {
+        "admin.json",
+        "materializer.json",
+        "distiller.json",
+        "agents-researcher.json",
+        "agents-critic.json",
+        "auth.conf",
+        ".env",
+        ".gitignore",
+        "tls",
+    }
+    assert (out / ".gitignore").read_text().strip().endswith("*")
+    assert out.stat().st_mode & 0o077 == 0
+    env = read_env_file(out / ".env")
+    assert env["HIVE_CREDENTIALS_DIR"] == str(out.absolute())
+    assert env["HIVE_NATS_URL"] == "nats://nats:4222"
+    pool = auth.load_pool(out / "agents-critic.json")
+    assert [c.user for c in pool] == ["agent-critic-01", "agent-critic-02"]
+    for c in pool:
+        assert c.password.get_secret_value() not in (out / ".env").read_text()
+        assert c.password.get_secret_value() not in (out / "auth.conf").read_text()
+    again = runner.invoke(credentials, ["--out", str(out)])
+    assert again.exit_code != 0 and "--force" in again.output
+    assert runner.invoke(credentials, ["--out", str(out), "--force", "--rounds", "4"]).exit_code == 0
+    bad = runner.invoke(credentials, ["--out", str(tmp_path / "d"), "--types", "bad.type"])
+    assert bad.exit_code != 0 and "subject token" in bad.output
+    lone = runner.invoke(credentials, ["--out", str(tmp_path / "e"), "--tls-cert", str(out / "auth.conf")])
+    assert lone.exit_code != 0 and "--tls-key" in lone.output
+
+
+# --------------------------------------------------------------------------- the NATS config itself
+def local_nats_config(text: str, *, store_dir: Path, ports_dir: Path) -> str:
+    """``docker/nats.conf`` moved to loopback: random client and monitoring ports, a temporary store."""
+    text, n1 = re.subn(r"(?m)^listen:.*$", "listen: 127.0.0.1:-1", text)
+    text, n2 = re.subn(r"(?m)^http:.*$", f'http: 127.0.0.1:-1\nports_file_dir: "{ports_dir}"', text)
+    text, n3 = re.subn(r"(?m)^(\s*)store_dir:.*$", rf'\1store_dir: "{store_dir}"', text)
+    assert (n1, n2, n3) == (1, 1, 1), "docker/nats.conf must have one listen, http and store_dir line"
+    return text
+
+
+@pytest.fixture
+def compose_nats(creds_dir: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """nats-server running docker/nats.conf + the generated auth.conf; yields (client url, monitor url)."""
+    conf = creds_dir / "nats.conf"  # beside auth.conf, so `include ./auth.conf` resolves as in the container
+    conf.write_text(local_nats_config(NATS_CONF.read_text(), store_dir=tmp_path / "js", ports_dir=tmp_path))
+    proc = subprocess.Popen(
+        [streams.find_nats_server(), "-c", str(conf), "-l", str(tmp_path / "nats.log")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        ports_file = tmp_path / f"nats-server_{proc.pid}.ports"
+        deadline = time.monotonic() + 15
+        ports: dict[str, list[str]] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ports = json.loads(ports_file.read_text())
+                if ports.get("nats") and ports.get("monitoring"):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None and ports, (
+            f"nats-server did not start: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}"
+        )
+        yield ports["nats"][0], ports["monitoring"][0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+async def test_compose_nats_config_runs_and_materializer_provisions(
+    compose_nats: tuple[str, str], creds_dir: Path
+) -> None:
+    """docker/nats.conf + auth.conf start a real server: /healthz is ok, /varz states the 2-minute
+    sync interval and auth; the materializer role provisions HIVE and the claims bucket; an agent
+    replica claims an identity from its pool and publishes its own trace; no login, no entry."""
+    import nats.errors
+
+    url, monitor = compose_nats
+    with urllib.request.urlopen(f"{monitor}/healthz", timeout=5) as r:
+        assert json.loads(r.read())["status"] == "ok"
+    with urllib.request.urlopen(f"{monitor}/varz", timeout=5) as r:
+        varz = json.loads(r.read())
+    assert varz["jetstream"]["config"]["sync_interval"] == 120_000_000_000
+    assert varz["auth_required"] is True
+
+    mat = await streams.connect(
+        url, **auth.connect_options_from_env({auth.ENV_CREDENTIALS: str(creds_dir / "materializer.json")})
+    )
+    try:
+        js = mat.jetstream()
+        await streams.ensure_stream(js)
+        await auth.ensure_agent_buckets(js)
+        assert (await js.stream_info(streams.STREAM)).config.subjects == streams.STREAM_SUBJECTS
+    finally:
+        await mat.close()
+
+    claim = await auth.claim_identity(url, creds_dir / "agents-researcher.json", "researcher", timeout_s=10)
+    agent = await streams.connect(url, **auth.connect_options(claim.credentials))
+    try:
+        ack = await agent.jetstream().publish(f"hive.traces.researcher.{claim.agent_id}", b"{}", timeout=5)
+        assert ack.stream == streams.STREAM
+        await auth.release_claim(agent, claim)
+    finally:
+        await agent.close()
+    with pytest.raises((nats.errors.Error, OSError, TimeoutError)):
+        await streams.connect(url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2)

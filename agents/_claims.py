@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 
-CLAIMS_BUCKET = "hive_run_claims"
-CLAIM_TTL_S = 3600.0
+from streams._auth import RUN_CLAIM_TTL_S, RUN_CLAIMS_BUCKET
+
+CLAIMS_BUCKET = RUN_CLAIMS_BUCKET
+CLAIM_TTL_S = RUN_CLAIM_TTL_S
 
 
 def claim_key(task: str, recipe: dict[str, Any]) -> str:

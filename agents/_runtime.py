@@ -32,6 +32,7 @@ class ModelSlot:
     """The shared model an agent process currently uses; swapped atomically between experiments."""
 
     version: int = 0
+    serial: int = 0
     policy: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -64,7 +65,9 @@ class AgentRuntime:
     """Runs agents of any registered type in this process until stopped.
 
     ``model_watcher``: an optional coroutine factory ``(js, slot) -> awaitable`` that keeps the
-    model slot current (the distillation package provides one).
+    model slot current (the distillation package provides one). ``keepers``: coroutine
+    factories ``(nc, runtime) -> awaitable`` run beside the agents and cancelled at the end
+    (e.g. renewing a claimed identity; one may call ``runtime.stop()``).
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class AgentRuntime:
         *,
         connect_options: dict[str, Any] | None = None,
         model_watcher: Callable[[Any, ModelSlot], Any] | None = None,
+        keepers: list[Callable[[Any, AgentRuntime], Any]] | None = None,
     ) -> None:
         self.nats_url = nats_url
+        self.keepers = keepers or []
         self.connect_options = connect_options or {}
         self.model_watcher = model_watcher
         self.view = SwarmView()
@@ -106,7 +111,7 @@ class AgentRuntime:
         js = self.nc.jetstream()
         await streams.ensure_stream(js)
         publisher = streams.Publisher(js)
-        bg: list[asyncio.Task[Any]] = []
+        bg: list[asyncio.Task[Any]] = [asyncio.create_task(k(self.nc, self)) for k in self.keepers]
         try:
             start_seq = (await js.stream_info(streams.STREAM)).state.last_seq
             for cls, agent_id, task in specs:

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from streams import _auth as streams_auth
+
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
 
@@ -84,9 +86,39 @@ def agent_run(
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
     ids = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
     watcher = _model_watcher(pubkey) if use_model else None
-    runtime = AgentRuntime(url, model_watcher=watcher)
+    connect_opts: dict[str, Any] = {}
+    keepers: list[Any] = []
+    pool = os.environ.get(streams_auth.ENV_POOL)
+    if pool:  # a locked-down swarm: claim an identity (user + permissions) from the type's pool
+        if count != 1:
+            raise click.BadParameter(
+                "with an identity pool (HIVE_AGENT_POOL) run one agent per process", param_hint="--count"
+            )
+        claim = asyncio.run(streams_auth.claim_identity(url, pool, cls.type_name))
+        ids = [claim.agent_id]
+        connect_opts = streams_auth.connect_options(claim.credentials)
+        keepers.append(_identity_keeper(claim))
+    runtime = AgentRuntime(url, model_watcher=watcher, connect_options=connect_opts, keepers=keepers)
     specs = [(cls, i, task) for i in ids]
     asyncio.run(runtime.run(specs, duration_s=duration, options={"budget": budget}))
+
+
+def _identity_keeper(claim: Any) -> Any:
+    """Renew the claimed identity every third of its TTL; stop the agents if another holder took
+    it; release it at a clean stop."""
+
+    async def keep(nc: Any, runtime: Any) -> None:
+        try:
+            while True:
+                await asyncio.sleep(streams_auth.CLAIM_TTL_S / 3)
+                await streams_auth.renew_claim(nc, claim)
+        except streams_auth.ClaimLost:
+            runtime.stop()
+        except asyncio.CancelledError:
+            await streams_auth.release_claim(nc, claim)
+            raise
+
+    return keep
 
 
 def _model_watcher(pubkey: str | None) -> Any:

@@ -475,8 +475,10 @@ def up(
 
 
 from ._agent_cli import agent  # noqa: E402
+from ._distill_cli import distill, keys, model  # noqa: E402
 
-cli.add_command(agent)
+for _command in (agent, distill, keys, model):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from streams import (
     LogEntry,
     LogReader,
     connect,
+    ensure_agent_buckets,
     ensure_stream,
 )
 
@@ -99,6 +100,7 @@ class Materializer:
         try:
             js = nc.jetstream()
             await ensure_stream(js)
+            await ensure_agent_buckets(js)  # agents may write these buckets but not create them
             if self.serve_queries:
                 await nc.subscribe(QUERY_SUBJECT, cb=self._on_query)
                 await nc.subscribe(STATUS_SUBJECT, cb=self._on_status)

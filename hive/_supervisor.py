@@ -126,31 +126,15 @@ class Swarm:
             self._spawn(
                 "materializer", "materialize", "--nats", self.url, "--db", str(cfg.data_dir / "hive.duckdb")
             )
-            if cfg.distill and _has_distiller():
-                self._spawn(
-                    "distiller",
-                    "distill",
-                    "--nats",
-                    self.url,
-                    "--every-traces",
-                    str(cfg.distill_every_traces),
-                    "--data",
-                    str(cfg.data_dir),
-                )
+            keys = cfg.data_dir / "keys"
+            if not (keys / "distiller.key").exists():
+                streams.generate_keys(keys)
+            if cfg.distill:
+                self._spawn("distiller", "distill", "--nats", self.url, "--every-traces",
+                            str(cfg.distill_every_traces), "--key", str(keys / "distiller.key"))
             for agent_type, agent_id in self.agent_plan():
-                self._spawn(
-                    agent_id,
-                    "agent",
-                    "run",
-                    agent_type,
-                    "--nats",
-                    self.url,
-                    "--task",
-                    cfg.task,
-                    "--id",
-                    agent_id,
-                    *cfg.extra_agent_args,
-                )
+                self._spawn(agent_id, "agent", "run", agent_type, "--nats", self.url, "--task", cfg.task,
+                            "--id", agent_id, "--pubkey", str(keys / "distiller.pub"), *cfg.extra_agent_args)
             self.console.print(
                 f"[bold]hive up[/bold]: NATS {self.url}, state in {cfg.data_dir}, {cfg.agents} agents "
                 f"({', '.join(cfg.types)}) on {cfg.task}"
@@ -228,14 +212,6 @@ class Swarm:
             f"hive up: stopped; state kept in {self.cfg.data_dir} "
             f'(query it with: hive query --db {self.cfg.data_dir / "hive.duckdb"} "...")'
         )
-
-
-def _has_distiller() -> bool:
-    try:
-        import distill._service  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _line(p: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from ._events import EVENTS_BY_KIND, MAX_EVENT_BYTES, AnyEvent, Event, current_version
-from ._subjects import subject_agent
+from ._subjects import subject_agent, subject_for
 
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
 
@@ -65,7 +65,9 @@ def decode(data: bytes, subject: str | None = None) -> Event:
     """Decode and validate one message; upcast old versions; check the subject owner.
 
     Raises :class:`DecodeError` for bad JSON, oversize messages, wrong types, extra fields,
-    NaN/inf, unknown kinds or versions, and an ``agent_id`` that does not own ``subject``.
+    NaN/inf, unknown kinds or versions, and an event read from any subject other than its own
+    (``subject_for(event)``: so an ``agent_id`` that does not own the subject is refused, and so
+    is an event relayed onto the log through some other subject).
     """
     if len(data) > MAX_EVENT_BYTES:
         raise DecodeError(f"oversize: {len(data)} bytes > {MAX_EVENT_BYTES}")
@@ -73,9 +75,13 @@ def decode(data: bytes, subject: str | None = None) -> Event:
         event = _ADAPTER.validate_json(data)
     except ValidationError as exc:
         event = _decode_slow(data, exc)
-    owner = subject_agent(subject) if subject else None
-    if owner is not None and owner != event.agent_id:
-        raise DecodeError(f"agent_id {event.agent_id!r} does not own subject {subject!r}")
+    if subject is not None:
+        expected = subject_for(event)
+        if subject != expected:
+            owner = subject_agent(subject)
+            if owner is not None and owner != event.agent_id:
+                raise DecodeError(f"agent_id {event.agent_id!r} does not own subject {subject!r}")
+            raise DecodeError(f"{event.kind} of {event.agent_id!r} belongs on {expected!r}, not {subject!r}")
     return event
 
 

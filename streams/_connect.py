@@ -20,6 +20,9 @@ DUPLICATE_WINDOW_S = 120.0
 async def connect(url: str = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) -> Client:
     """Connect with reconnects forever (the log outlives any one connection).
 
+    Without explicit credentials, the role's credentials come from the environment
+    (``HIVE_NATS_CREDENTIALS`` or ``HIVE_NATS_USER``/``HIVE_NATS_PASSWORD``; see ``hive credentials``).
+
     Credentials and TLS options pass through to ``nats.connect`` (``user``, ``password``,
     ``user_credentials``, ``tls`` …); ``inbox_prefix`` keeps replies private to a role.
     """
@@ -30,6 +33,10 @@ async def connect(url: str = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) 
         "connect_timeout": 5,
         "allow_reconnect": True,
     }
+    if not ({"user", "password", "user_credentials", "nkeys_seed", "token"} & kwargs.keys()):
+        from ._auth import connect_options_from_env  # the role's credentials, when the env names them
+
+        opts.update(connect_options_from_env())
     opts.update(kwargs)
     return await nats.connect(url, **opts)
 

@@ -73,7 +73,7 @@ class Deployer(Agent):
         """Deploy once on a new instance."""
         self.runs += 1
         task = self.new_instance()
-        recipe, source = self.one_shot(task)
+        recipe, source = await self.in_thread(self.one_shot, task)
         seed = self.rng.randrange(2**31 - 1)
         version = self.model_version
         budget = task.default_budget

@@ -107,7 +107,7 @@ class Researcher(Agent):
                     return base, "baseline", seed, None, None, key
         parent = self.task.validate_recipe(tv.best_recipe) if tv.best_recipe else None
         for _ in range(10):
-            recipe, proposer = self.propose(parent)
+            recipe, proposer = await self.in_thread(self.propose, parent)
             key = await self.claims.claim(self.task.ref, recipe.model_dump(), self.agent_id)
             if key:
                 return (

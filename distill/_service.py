@@ -1,0 +1,286 @@
+"""The distiller: select → train → gate → publish, one generation at a time.
+
+A generation starts after ``every_traces`` new successful traces (or ``every_seconds``):
+
+1. **select** the pooled successful traces from the read side (the query service);
+2. **train** two candidates — one from the base (fresh weights: ReST-EM) and one continuing the
+   champion — and keep whichever has the lower held-out loss (the numbers decide, per
+   generation; the choice is logged and stored in the model's ``meta.json``);
+3. **gate**: promote only if the candidate beats the champion on the held-out instances
+   (lower completion loss, and a first-try valid-action rate at least the champion's, and at
+   least 99% for a first model);
+4. **publish**: safetensors weights + ``meta.json`` to the Object Store, a signed pointer
+   (compare-and-swap) in KV, and ``ModelPublished`` on the log — or ``ModelRejected`` with
+   the figures. Both become rows of the ``models`` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+import torch
+
+import streams
+
+from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
+from ._decode import valid_action_rate
+from ._train import evaluate, pick_device, train
+from .model import Policy, PolicyConfig
+
+log = structlog.get_logger("distill")
+AGENT_ID = "distiller"
+
+
+@dataclass
+class DistillConfig:
+    """Settings of the distillation service (``hive distill`` options)."""
+
+    nats_url: str
+    key_path: str
+    name: str = "policy"
+    every_traces: int = 200
+    every_seconds: float | None = None
+    once: bool = False
+    min_examples: int = 16
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    device: str | None = None
+    compile: bool = False
+    progress: bool = False
+    valid_samples: int = 4
+    cap_per_context: int = 8
+    heldout_fraction: float = 0.25
+    model: dict[str, Any] = field(default_factory=dict)
+    connect_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _space_for(task: str) -> Any:
+    from agents import load_task  # agents' task registry: the search spaces
+
+    return load_task(task).space
+
+
+@dataclass
+class Scores:
+    """Held-out figures of one model."""
+
+    loss: float
+    valid_action_rate: float
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """For the ``eval`` field of model events."""
+        return {f"{prefix}heldout_loss": self.loss, f"{prefix}valid_action_rate": self.valid_action_rate}
+
+
+def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Scores:
+    """Held-out completion loss and first-try valid-action rate (per task space)."""
+    loss = evaluate(model, ds.heldout)["loss"] if ds.heldout else math.inf
+    by_space: dict[Any, list[str]] = defaultdict(list)
+    for prompt, _ in ds.heldout or ds.train[:32]:
+        by_space[ds.spaces[prompt]].append(prompt)
+    rates, weights = [], []
+    gen = torch.Generator().manual_seed(seed)
+    for space, prompts in by_space.items():
+        unique = sorted(set(prompts))[:32]
+        rates.append(valid_action_rate(model, unique, space, valid_samples, generator=gen))
+        weights.append(len(unique))
+    rate = sum(r * w for r, w in zip(rates, weights, strict=True)) / max(1, sum(weights))
+    return Scores(loss, rate)
+
+
+def gate(candidate: Scores, champion: Scores | None) -> tuple[bool, str]:
+    """Promote or not, and why (see the module docstring)."""
+    if not math.isfinite(candidate.loss):
+        return False, "no held-out examples to judge on"
+    if champion is None:
+        if candidate.valid_action_rate < 0.99:
+            return False, f"valid-action rate {candidate.valid_action_rate:.3f} < 0.99"
+        return True, "first model"
+    if candidate.loss >= champion.loss:
+        return False, f"held-out loss {candidate.loss:.4f} >= champion {champion.loss:.4f}"
+    if candidate.valid_action_rate < min(0.99, champion.valid_action_rate):
+        return False, f"valid-action rate {candidate.valid_action_rate:.3f} < champion {champion.valid_action_rate:.3f}"
+    return True, f"held-out loss {candidate.loss:.4f} < champion {champion.loss:.4f}"
+
+
+class Distiller:
+    """Runs generations against a live hive until stopped (or once)."""
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        self.cfg = cfg
+        self.key = streams.load_private_key(cfg.key_path)
+        self.public_key = self.key.public_key()
+        self._stop = asyncio.Event()
+        self.champion: Policy | None = None
+        self.champion_version = 0
+        self.last_through = 0
+        self.generations: list[dict[str, Any]] = []
+
+    def stop(self) -> None:
+        """Finish the generation in hand and return."""
+        self._stop.set()
+
+    async def run(self) -> list[dict[str, Any]]:
+        """Connect, load the current champion, and run generations when enough traces arrive."""
+        nc = await streams.connect(self.cfg.nats_url, name="hive-distiller", **self.cfg.connect_options)
+        try:
+            js = nc.jetstream()
+            await streams.ensure_stream(js)
+            self.store = await streams.ModelStore(nc).open(create=True)
+            self.publisher = streams.Publisher(js)
+            self.nc = nc
+            await self._load_champion()
+            t_last = time.monotonic()
+            while not self._stop.is_set():
+                new = await self._new_successes()
+                due_time = self.cfg.every_seconds is not None and time.monotonic() - t_last >= self.cfg.every_seconds
+                if self.cfg.once or new >= self.cfg.every_traces or (due_time and new > 0):
+                    await self.generation()
+                    t_last = time.monotonic()
+                    if self.cfg.once:
+                        break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+        finally:
+            await nc.close()
+        return self.generations
+
+    async def _rows(self, sql: str, params: list[Any] | None = None) -> list[list[Any]]:
+        res = await streams.remote_query(self.nc, sql, params=params, timeout_s=60, max_rows=500_000)
+        return res.rows
+
+    async def _new_successes(self) -> int:
+        try:
+            rows = await self._rows(
+                "SELECT (SELECT count(*) FROM experiments WHERE success AND seq > ?) + "
+                "(SELECT count(*) FROM deployments WHERE success AND seq > ?)",
+                [self.last_through, self.last_through],
+            )
+        except streams.QueryError as e:
+            log.warning("distill_waiting_for_query_service", error=str(e))
+            return 0
+        return int(rows[0][0])
+
+    async def _load_champion(self) -> None:
+        current = await self.store.read_pointer(self.cfg.name)
+        if current is None:
+            return
+        signed, _rev = current
+        pointer = signed.check(self.public_key)
+        data = await self.store.fetch(pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256)
+        self.champion = Policy.from_bytes(data)
+        self.champion_version = pointer.version
+        self.last_through = pointer.trained_through_seq
+        log.info("champion_loaded", version=pointer.version, trained_through_seq=pointer.trained_through_seq)
+
+    async def generation(self) -> dict[str, Any]:
+        """One select → train → gate → publish cycle; returns its report."""
+        status = orjson.loads((await self.nc.request(streams.STATUS_SUBJECT, b"{}", timeout=5)).data)
+        through = int(status["applied_seq"])
+        rows = await self._rows(SELECT_SQL, [through, through])
+        hints = await self._rows(GUIDANCE_SQL)
+        ds = build_dataset(rows, hints, space_for=_space_for, through_seq=through,
+                           cap_per_context=self.cfg.cap_per_context, heldout_fraction=self.cfg.heldout_fraction)
+        self.last_through = through
+        report: dict[str, Any] = {"through_seq": through, "examples": ds.size, "train": len(ds.train),
+                                  "heldout": len(ds.heldout), "holdout": ds.holdout}
+        if len(ds.train) < self.cfg.min_examples:
+            log.info("distill_skipped", reason="too few examples", **report)
+            report["decision"] = "skipped"
+            self.generations.append(report)
+            return report
+        result = await asyncio.to_thread(self._train_and_gate, ds)
+        report.update(result["report"])
+        if result["promote"]:
+            await self._publish(result["model"], ds, result["scores"], result["mode"], report)
+        else:
+            await self._reject(ds, result["scores"], report)
+        self.generations.append(report)
+        return report
+
+    def _train_and_gate(self, ds: Dataset) -> dict[str, Any]:
+        """CPU/GPU work, off the event loop: two candidates, the better one vs the champion."""
+        device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
+        candidates: list[tuple[str, Policy, Any]] = []
+        modes = ["base"] + (["continue"] if self.champion is not None else [])
+        for mode in modes:
+            torch.manual_seed(self.cfg.seed + len(self.generations))
+            if mode == "base":
+                model = Policy(PolicyConfig(**self.cfg.model))
+            else:
+                assert self.champion is not None
+                model = Policy.from_bytes(self.champion.to_bytes())
+            rep = train(model, ds.train, steps=self.cfg.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
+                        seed=self.cfg.seed, device=device, compile=self.cfg.compile, progress=self.cfg.progress)
+            model = model.to("cpu").eval()
+            candidates.append((mode, model, rep))
+        scored = [(mode, m, rep, score(m, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed))
+                  for mode, m, rep in candidates]
+        scored.sort(key=lambda t: (t[3].loss, -t[3].valid_action_rate))
+        mode, model, rep, cand = scored[0]
+        champ = (score(self.champion, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed)
+                 if self.champion is not None else None)
+        promote, reason = gate(cand, champ)
+        log.info("distill_candidate", mode=mode, loss=cand.loss, valid_action_rate=cand.valid_action_rate,
+                 champion_loss=champ.loss if champ else None, promote=promote, reason=reason,
+                 alternatives={m: s.loss for m, _, _, s in scored})
+        report = {
+            "mode": mode, "reason": reason, "candidate": asdict(cand), "champion": asdict(champ) if champ else None,
+            "alternatives": {m: asdict(s) for m, _, _, s in scored},
+            "train": rep.model_dump() if hasattr(rep, "model_dump") else dict(rep),
+        }
+        return {"promote": promote, "model": model, "scores": (cand, champ), "mode": mode, "report": report}
+
+    async def _publish(self, model: Policy, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]) -> None:
+        cand, champ = scores
+        versions = await self.store.versions(self.cfg.name)
+        version = max([self.champion_version, *versions]) + 1
+        current = await self.store.read_pointer(self.cfg.name)
+        serial = (current[0].pointer.serial + 1) if current else 1
+        meta = orjson.dumps({
+            "name": self.cfg.name, "version": version, "parent": self.champion_version, "mode": mode,
+            "config": orjson.loads(model.config.to_json()), "trained_through_seq": ds.through_seq, "dataset_size": ds.size,
+            "train_examples": len(ds.train), "heldout_examples": len(ds.heldout), "heldout_tasks": ds.heldout_tasks,
+            "holdout": ds.holdout, "eval": cand.as_metrics(), "champion_eval": champ.as_metrics() if champ else None,
+            "train": report.get("train"),
+        }, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        weights = model.to_bytes()
+        files = await self.store.put_version(self.cfg.name, version, weights, meta)
+        eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
+        pointer = streams.ModelPointer(name=self.cfg.name, serial=serial, version=version,
+                                       parent_version=self.champion_version, trained_through_seq=ds.through_seq,
+                                       dataset_size=ds.size, eval=eval_, **files)
+        await self.store.write_pointer(pointer, self.key, current[1] if current else None)
+        signature = streams.sign(self.key, pointer.signed_bytes())
+        await self.publisher.publish(streams.ModelPublished(
+            event_id=f"{AGENT_ID}/{self.cfg.name}/{version}", agent_id=AGENT_ID, agent_type="distiller",
+            name=self.cfg.name, version=version, parent_version=self.champion_version, sha256=files["weights_sha256"],
+            size=files["weights_size"], trained_through_seq=ds.through_seq, dataset_size=ds.size, eval=eval_,
+            signature=signature,
+        ))
+        self.champion, self.champion_version = model, version
+        report.update(decision="published", version=version)
+        log.info("model_published", version=version, mode=mode, dataset_size=ds.size, **cand.as_metrics())
+
+    async def _reject(self, ds: Dataset, scores: Any, report: dict[str, Any]) -> None:
+        cand, champ = scores
+        candidate = max([self.champion_version, *(await self.store.versions(self.cfg.name))]) + 1
+        eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
+        await self.publisher.publish(streams.ModelRejected(
+            event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{ds.through_seq}", agent_id=AGENT_ID,
+            agent_type="distiller", name=self.cfg.name, candidate=candidate, champion_version=self.champion_version,
+            trained_through_seq=ds.through_seq, dataset_size=ds.size, eval=eval_, reason=report["reason"][:200],
+        ))
+        report.update(decision="rejected", candidate=candidate)
+        log.info("model_rejected", candidate=candidate, reason=report["reason"])
+

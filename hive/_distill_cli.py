@@ -1,0 +1,190 @@
+"""``hive distill``, ``hive keys``, ``hive model list|rollback``: the model side of the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+import streams
+
+NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
+
+
+def _default_url() -> str:
+    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
+
+
+def _default_key() -> str:
+    return os.environ.get("HIVE_SIGNING_KEY", "./hive-data/keys/distiller.key")
+
+
+def _check_key(key: str) -> None:
+    if not Path(key).exists():
+        raise click.BadParameter(f"{key}: no signing key (create one with `hive keys --out DIR`)", param_hint="--key")
+
+
+@click.command()
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--key", default=_default_key, show_default="env HIVE_SIGNING_KEY or ./hive-data/keys/distiller.key",
+              help="Ed25519 signing key (from `hive keys`).")
+@click.option("--once", is_flag=True, help="Run one generation now and exit.")
+@click.option("--every-traces", default=200, show_default=True, type=click.IntRange(1),
+              help="Start a generation after this many new successful traces.")
+@click.option("--every-seconds", default=None, type=click.FloatRange(1), help="…or after this many seconds.")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="Training steps per candidate.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: CUDA when present.")
+@click.option("--min-examples", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--progress/--no-progress", default=False, show_default=True, help="Progress bar while training.")
+def distill(url: str, key: str, once: bool, every_traces: int, every_seconds: float | None, steps: int,
+            batch_size: int, device: str | None, min_examples: int, progress: bool) -> None:
+    """Distil pooled successful traces into the shared model and push it to every agent."""
+    _check_key(key)
+    from distill._service import DistillConfig, Distiller
+
+    cfg = DistillConfig(nats_url=url, key_path=key, once=once, every_traces=every_traces,
+                        every_seconds=every_seconds, steps=steps, batch_size=batch_size, device=device,
+                        min_examples=min_examples, progress=progress)
+    d = Distiller(cfg)
+
+    async def go() -> list[dict[str, Any]]:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, d.stop)
+        return await d.run()
+
+    try:
+        reports = asyncio.run(go())
+    except streams.QueryError as e:
+        raise click.ClickException(f"{e} (the distiller reads traces through the query service)") from None
+    if once:
+        click.echo(orjson.dumps(reports[-1] if reports else {}, option=orjson.OPT_INDENT_2).decode())
+
+
+@click.command()
+@click.option("--out", default="./hive-data/keys", show_default=True, type=click.Path(file_okay=False))
+def keys(out: str) -> None:
+    """Create the distiller's Ed25519 signing key and the public key agents pin."""
+    try:
+        priv, pub = streams.generate_keys(out)
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"private key: {priv} (keep secret; the distiller's --key)\npublic key:  {pub} "
+               f"(agents' --pubkey or HIVE_MODEL_PUBKEY={pub.read_text().strip()})")
+
+
+@click.group()
+def model() -> None:
+    """Inspect the published models and roll back."""
+
+
+@model.command("list")
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--name", default="policy", show_default=True)
+def model_list(url: str, name: str) -> None:
+    """The versions in the model store and the current pointer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    async def go() -> tuple[list[int], Any, list[list[Any]]]:
+        nc = await streams.connect(url, max_reconnect_attempts=1, allow_reconnect=False)
+        try:
+            store = await streams.ModelStore(nc).open()
+            current = await store.read_pointer(name)
+            rows: list[list[Any]] = []
+            try:
+                rows = (await streams.remote_query(
+                    nc, "SELECT version, decision, dataset_size, trained_through_seq, eval, occurred_at FROM models "
+                    "WHERE name = ? ORDER BY seq", params=[name], timeout_s=5)).rows
+            except streams.QueryError:
+                pass
+            return await store.versions(name), current, rows
+        finally:
+            await nc.close()
+
+    try:
+        versions, current, rows = asyncio.run(go())
+    except streams.ArtifactError as e:
+        raise click.ClickException(str(e)) from None
+    pointer = current[0].pointer if current else None
+    t = Table(title=f"model {name!r}: current version {pointer.version if pointer else '-'} "
+                    f"(pointer serial {pointer.serial if pointer else '-'})")
+    for col in ("version", "decision", "dataset", "through seq", "eval", "at"):
+        t.add_column(col)
+    stored = set(versions)
+    for v, decision, size, through, eval_, at in rows:
+        mark = " *" if pointer and v == pointer.version and decision == "published" else ""
+        t.add_row(f"{v}{mark}", decision + ("" if v in stored or decision == "rejected" else " (gone)"),
+                  str(size), str(through), str(eval_), str(at))
+    if not rows:
+        for v in versions:
+            t.add_row(f"{v}{' *' if pointer and v == pointer.version else ''}", "stored", "", "", "", "")
+    Console().print(t)
+
+
+@model.command("rollback")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--key", default=_default_key, help="Ed25519 signing key (the distiller's).")
+@click.option("--name", default="policy", show_default=True)
+def model_rollback(version: int, url: str, key: str, name: str) -> None:
+    """Point every agent at an older VERSION (a new signed pointer with a higher serial)."""
+    _check_key(key)
+    private = streams.load_private_key(key)
+
+    async def go() -> streams.ModelPointer:
+        nc = await streams.connect(url, max_reconnect_attempts=1, allow_reconnect=False)
+        try:
+            store = await streams.ModelStore(nc).open()
+            if version not in await store.versions(name):
+                raise click.ClickException(f"version {version} is not in the model store")
+            current = await store.read_pointer(name)
+            if current is None:
+                raise click.ClickException("no model pointer yet: nothing to roll back")
+            old, rev = current
+            w_name, m_name = streams.object_names(name, version)
+            w_info = await store.obs.get_info(w_name)
+            m_info = await store.obs.get_info(m_name)
+            import hashlib
+
+            weights = await store.fetch(w_name, size=w_info.size, sha256=_obs_sha(w_info))
+            meta = await store.fetch(m_name, size=m_info.size, sha256=_obs_sha(m_info))
+            m = orjson.loads(meta)
+            pointer = streams.ModelPointer(
+                name=name, serial=old.pointer.serial + 1, version=version, parent_version=old.pointer.version,
+                weights=w_name, weights_sha256=hashlib.sha256(weights).hexdigest(), weights_size=len(weights),
+                meta=m_name, meta_sha256=hashlib.sha256(meta).hexdigest(), meta_size=len(meta),
+                trained_through_seq=int(m.get("trained_through_seq", 0)), dataset_size=int(m.get("dataset_size", 0)),
+                eval={k: float(v) for k, v in (m.get("eval") or {}).items()}, note=f"rollback from v{old.pointer.version}",
+            )
+            await store.write_pointer(pointer, private, rev)
+            await streams.Publisher(nc.jetstream()).publish(streams.ModelPublished(
+                event_id=f"distiller/{name}/rollback-{pointer.serial}", agent_id="distiller", agent_type="distiller",
+                name=name, version=version, parent_version=old.pointer.version, sha256=pointer.weights_sha256,
+                size=pointer.weights_size, trained_through_seq=pointer.trained_through_seq,
+                dataset_size=pointer.dataset_size, eval=pointer.eval,
+                signature=streams.sign(private, pointer.signed_bytes())))
+            return pointer
+        finally:
+            await nc.close()
+
+    try:
+        p = asyncio.run(go())
+    except streams.ArtifactError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"model {name!r} now points at version {p.version} (serial {p.serial})")
+
+
+def _obs_sha(info: Any) -> str:
+    """The hex sha256 the object store recorded (``SHA-256=<base64url>``)."""
+    import base64
+
+    digest = (info.digest or "").split("=", 1)[-1]
+    return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()

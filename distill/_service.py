@@ -61,6 +61,9 @@ class DistillConfig:
     cap_per_context: int = 8
     heldout_fraction: float = 0.25
     model: dict[str, Any] = field(default_factory=dict)
+    """PolicyConfig overrides for a model trained from the base."""
+    modes: tuple[str, ...] = ("base", "continue")
+    """Candidates to train: from the base weights (ReST-EM) and/or continuing the champion."""
     connect_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -212,7 +215,7 @@ class Distiller:
         """CPU/GPU work, off the event loop: two candidates, the better one vs the champion."""
         device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
         candidates: list[tuple[str, Policy, Any]] = []
-        modes = ["base"] + (["continue"] if self.champion is not None else [])
+        modes = [m for m in self.cfg.modes if m == "base" or (m == "continue" and self.champion is not None)]
         for mode in modes:
             torch.manual_seed(self.cfg.seed + len(self.generations))
             if mode == "base":

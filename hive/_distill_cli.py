@@ -41,15 +41,28 @@ def _check_key(key: str) -> None:
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: CUDA when present.")
 @click.option("--min-examples", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--progress/--no-progress", default=False, show_default=True, help="Progress bar while training.")
+@click.option("--model", "model_json", default="{}", show_default=True,
+              help='PolicyConfig overrides as JSON, e.g. \'{"n_layer": 2, "n_embd": 64}\'.')
+@click.option("--modes", default="base,continue", show_default=True,
+              help="Candidates per generation: base (fresh weights, ReST-EM) and/or continue (from the champion).")
 def distill(url: str, key: str, once: bool, every_traces: int, every_seconds: float | None, steps: int,
-            batch_size: int, device: str | None, min_examples: int, progress: bool) -> None:
+            batch_size: int, device: str | None, min_examples: int, progress: bool, model_json: str,
+            modes: str) -> None:
     """Distil pooled successful traces into the shared model and push it to every agent."""
     _check_key(key)
     from distill._service import DistillConfig, Distiller
 
+    try:
+        model_cfg = orjson.loads(model_json)
+        assert isinstance(model_cfg, dict)
+    except (orjson.JSONDecodeError, AssertionError):
+        raise click.BadParameter("must be a JSON object", param_hint="--model") from None
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if not mode_list or set(mode_list) - {"base", "continue"}:
+        raise click.BadParameter("choose from base, continue", param_hint="--modes")
     cfg = DistillConfig(nats_url=url, key_path=key, once=once, every_traces=every_traces,
                         every_seconds=every_seconds, steps=steps, batch_size=batch_size, device=device,
-                        min_examples=min_examples, progress=progress)
+                        min_examples=min_examples, progress=progress, model=model_cfg, modes=mode_list)
     d = Distiller(cfg)
 
     async def go() -> list[dict[str, Any]]:

@@ -25,6 +25,10 @@ from ._signing import SignatureError, sign, verify
 from ._subjects import MODEL_BUCKET, POINTER_BUCKET
 
 
+CHUNK_BYTES = 1024 * 1024 - 8192
+"""Object chunk size (just under the default 1 MB max_payload of a NATS server)."""
+
+
 class ArtifactError(RuntimeError):
     """A model artifact failed a check (size, digest, signature, serial) or is missing."""
 
@@ -105,8 +109,13 @@ class ModelStore:
     async def put_version(self, name: str, version: int, weights: bytes, meta: bytes) -> dict[str, Any]:
         """Store a version's files; returns the object names, sizes and sha256 digests."""
         w_name, m_name = object_names(name, version)
-        await self.obs.put(w_name, weights)
-        await self.obs.put(m_name, meta)
+        from nats.js.api import ObjectMeta, ObjectMetaOptions
+
+        # Large chunks: a 10 MB model is ~10 messages per reader instead of ~80 (well under the
+        # server's max_payload, 1 MB by default).
+        chunk = min(CHUNK_BYTES, max(1024, self.nc.max_payload - 4096))
+        for obj, data in ((w_name, weights), (m_name, meta)):
+            await self.obs.put(obj, data, meta=ObjectMeta(name=obj, options=ObjectMetaOptions(max_chunk_size=chunk)))
         return {
             "weights": w_name,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),

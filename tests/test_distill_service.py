@@ -1,0 +1,180 @@
+"""Distillation against real servers: select → train → gate → publish, agents picking the model
+up, and every way a model pointer or artifact can be bad being refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import streams
+from agents import ModelSlot, load_task
+from agents._policy import consider
+from distill._service import DistillConfig, Distiller, Scores, gate
+
+from .conftest import run_hive, wait_for
+
+SMALL = {"n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 320}
+TASKS = ["branin/0", "branin/1", "branin/2", "branin/3", "branin/4"]
+
+
+def traces(n_per_task: int = 24, seed: int = 0) -> list[streams.ExperimentFinished]:
+    """Successful experiments on several instances, each with a parent (a fixture of traces)."""
+    rng = random.Random(seed)
+    out: list[streams.ExperimentFinished] = []
+    for t, ref in enumerate(TASKS):
+        task = load_task(ref)
+        parent = task.baseline()
+        parent_id = None
+        for i in range(n_per_task):
+            child = task.mutate(parent, rng)
+            value = task.run(child, i, 1.0)["value"]
+            ev = streams.ExperimentFinished(
+                event_id=f"fx-{t}/run-{i}/finish", agent_id=f"fx-{t}", agent_type="researcher", task=ref,
+                run_id=f"run-{i}", parent_id=parent_id, recipe=child.model_dump(), seed=i, budget=1.0,
+                metrics={"value": value}, objective=value, cost_s=0.001, status="ok", success=True,
+                proposer="mutation")
+            out.append(ev)
+            parent, parent_id = child, ev.event_id
+    return out
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh Ed25519 key pair (``hive keys``)."""
+    out = run_hive("keys", "--out", str(tmp_path / "keys"))
+    assert out.returncode == 0, out.stderr
+    return tmp_path / "keys" / "distiller.key", tmp_path / "keys" / "distiller.pub"
+
+
+async def _materialized(nc: Any, spawn: Any, url: str, db: Path, n: int) -> None:
+    spawn("materialize", "--nats", url, "--db", str(db))
+
+    async def applied() -> bool:
+        reply = await nc.request(streams.STATUS_SUBJECT, b"{}", timeout=1)
+        return bool(orjson.loads(reply.data)["applied_seq"] >= n)
+
+    await wait_for(applied, timeout=60, what="materialized fixture")
+
+
+def test_gate_rules() -> None:
+    """The gate promotes only a candidate with lower held-out loss and a good valid-action rate."""
+    assert gate(Scores(0.5, 1.0), None) == (True, "first model")
+    assert not gate(Scores(0.5, 0.9), None)[0]
+    assert not gate(Scores(0.6, 1.0), Scores(0.5, 1.0))[0]
+    assert gate(Scores(0.4, 1.0), Scores(0.5, 1.0))[0]
+    assert not gate(Scores(0.4, 0.5), Scores(0.5, 1.0))[0]
+    assert not gate(Scores(float("inf"), 1.0), None)[0]
+
+
+async def test_distill_once_publishes_and_running_agents_use_it(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """``hive distill --once`` on a fixture of traces publishes a model (valid-action rate >= 99%)
+    and a running researcher's next traces carry its version within seconds."""
+    priv, pub = keys
+    url = nats_server.url
+    fixture = traces()
+    await streams.Publisher(nc.jetstream()).publish_many(fixture)
+    await _materialized(nc, spawn, url, tmp_path / "d.duckdb", len(fixture))
+    spawn("agent", "run", "researcher", "--nats", url, "--task", "branin/7", "--id", "r-1", "--pubkey", str(pub))
+    out = await asyncio.to_thread(run_hive, "distill", "--once", "--nats", url, "--key", str(priv), "--steps", "150",
+                                  "--model", orjson.dumps(SMALL).decode(), "--modes", "base", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = orjson.loads(out.stdout)
+    assert report["decision"] == "published", report
+    assert report["candidate"]["valid_action_rate"] >= 0.99
+    assert report["holdout"] == "instances" and report["heldout"] > 0
+    await wait_for(lambda: _models(nc), timeout=20, what="models row")
+    rows = (await streams.remote_query(nc, "SELECT version, decision, dataset_size FROM models")).rows
+    assert rows == [[1, "published", report["examples"]]]
+
+    async def used() -> bool:
+        res = await streams.remote_query(
+            nc, "SELECT count(*) FROM experiments WHERE agent_id = 'r-1' AND model_version = 1 AND proposer = 'model'")
+        return bool(res.rows[0][0] > 0)
+
+    await wait_for(used, timeout=30, what="agent traces from model v1")
+    listing = await asyncio.to_thread(run_hive, "model", "list", "--nats", url)
+    assert listing.returncode == 0 and "current version 1" in listing.stdout
+
+
+async def _models(nc: Any) -> bool:
+    res = await streams.remote_query(nc, "SELECT count(*) FROM models WHERE decision = 'published'")
+    return bool(res.rows[0][0] >= 1)
+
+
+async def test_gate_rejects_a_worse_candidate_and_the_champion_stays(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A barely trained candidate loses to the champion: ModelRejected, pointer unchanged; a
+    rollback then moves the pointer with a new serial."""
+    priv, _ = keys
+    url = nats_server.url
+    fixture = traces()
+    await streams.Publisher(nc.jetstream()).publish_many(fixture)
+    await _materialized(nc, spawn, url, tmp_path / "g.duckdb", len(fixture))
+    good = Distiller(DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=150, model=SMALL,
+                                   modes=("base",)))
+    (first,) = await good.run()
+    assert first["decision"] == "published"
+    weak = Distiller(DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=2, model=SMALL,
+                                   modes=("base",)))
+    (second,) = await weak.run()
+    assert second["decision"] == "rejected" and "champion" in second["reason"]
+    store = await streams.ModelStore(nc).open()
+    current = await store.read_pointer("policy")
+    assert current is not None and current[0].pointer.version == 1
+    await wait_for(lambda: _rejected(nc), timeout=20, what="ModelRejected row")
+
+
+async def _rejected(nc: Any) -> bool:
+    res = await streams.remote_query(nc, "SELECT count(*) FROM models WHERE decision = 'rejected'")
+    return bool(res.rows[0][0] == 1)
+
+
+async def test_bad_pointers_and_artifacts_are_refused_and_the_old_model_kept(
+    nats_server: Any, nc: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Tampered weights, a bad or missing signature, a replayed older pointer, a truncated file and
+    a pickle file are each refused; the agent keeps the model it had."""
+    from distill import Policy, PolicyConfig
+
+    priv, pub = keys
+    key = streams.load_private_key(priv)
+    pinned = streams.load_public_key(pub)
+    store = await streams.ModelStore(nc).open(create=True)
+    weights = Policy(PolicyConfig(**SMALL)).to_bytes()
+    meta = b'{"note": "test"}'
+
+    async def announce(version: int, serial: int, w: bytes, *, signer: Any = key, stored: bytes | None = None,
+                       signature: str | None = None) -> streams.SignedPointer:
+        files = await store.put_version("policy", version, stored if stored is not None else w, meta)
+        files.update(weights_sha256=hashlib.sha256(w).hexdigest(), weights_size=len(w))
+        p = streams.ModelPointer(name="policy", serial=serial, version=version, **files)
+        sig = streams.sign(signer, p.signed_bytes()) if signature is None else signature
+        return streams.SignedPointer(pointer=p, signature=sig)
+
+    slot = ModelSlot()
+    v1 = await announce(1, 1, weights)
+    assert await consider(store, v1, pinned, slot) and slot.version == 1
+    other_key = streams.load_private_key(streams.generate_keys(tmp_path / "other")[0])
+    cases = {
+        "tampered": await announce(2, 2, weights, stored=weights[:-8] + b"\x00" * 8),
+        "bad signature": await announce(3, 3, weights, signer=other_key),
+        "missing signature": await announce(4, 4, weights, signature=""),
+        "replayed": v1,
+        "truncated": await announce(5, 5, weights, stored=weights[: len(weights) // 2]),
+        "pickle": await announce(6, 6, pickle.dumps({"weights": list(range(100))})),
+    }
+    for name, signed in cases.items():
+        assert not await consider(store, signed, pinned, slot), name
+        assert slot.version == 1 and slot.serial == 1, name
+    v7 = await announce(7, 7, weights)
+    assert await consider(store, v7, pinned, slot) and slot.version == 7  # a good one still loads

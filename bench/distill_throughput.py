@@ -8,7 +8,8 @@ Self-contained: examples come from a toy pydantic space rendered with ``render_p
 Reports training examples/s and tokens/s (real tokens, first step excluded as warm-up), MFU on CUDA
 (``flops_per_token * tokens/s / peak``; ``--peak-flops`` overrides the peak, by default the dense bf16
 peak of a known GPU: H100/H200 989e12), then the latency of :func:`distill.propose` on CPU (one
-thread, as an agent runs it) and the first-try valid-action rate of the trained policy.
+thread, as an agent runs it) and the first-try valid-action rate of the trained policy, as agents
+decode (bounds masked) and without bound masking (what the model itself has learned).
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ def main() -> None:
         t0 = time.perf_counter()
         propose(model, prompt, BenchSpace, generator=gen)
         latencies.append(time.perf_counter() - t0)
-    rate = valid_action_rate(model, prompts[:10], BenchSpace, 20, generator=gen) if args.proposals else None
+    rate = raw_rate = None
+    if args.proposals:
+        rate = valid_action_rate(model, prompts[:10], BenchSpace, 20, generator=gen)
+        raw_rate = valid_action_rate(model, prompts[:10], BenchSpace, 20, generator=gen, mask_bounds=False)
 
     result = {
         "device": report.device,
@@ -159,10 +163,12 @@ def main() -> None:
         "proposal_ms_p50": round(1000 * statistics.median(latencies), 2) if latencies else None,
         "proposal_ms_max": round(1000 * max(latencies), 2) if latencies else None,
         "valid_action_rate": rate,
+        "valid_action_rate_unmasked": raw_rate,
     }
     mfu_text = f", MFU {100 * mfu:.2f}%" if mfu is not None else ""
     proposal_text = (
         f"; propose {result['proposal_ms_p50']} ms p50 on CPU, first-try valid {rate:.3f}"
+        f" ({raw_rate:.3f} without bound masking)"
         if latencies
         else ""
     )

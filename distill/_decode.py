@@ -15,11 +15,17 @@ position the logits are masked to what the grammar allows there:
   (``16 <= width <= 512``: 2 or 3), ended by the next structural byte (``,`` or ``}``);
 * choice (``Literal``/``bool``) -- the next bytes of the JSON texts that still match.
 
-So the grammar fixes the syntax and the magnitudes, not the exact bounds (``7.00e-01`` or ``640``
-above still pass it): the parsed text is validated with pydantic, and the *model* must have learned
-the ranges -- which :func:`valid_action_rate` measures. :func:`propose` resamples on a validation
-failure (up to ``max_tries`` samples in all), then clips the first sample into bounds (or uses the
-space's defaults when clipping is not enough) and says so in :class:`ProposalStats`.
+That grammar fixes the syntax and the magnitudes, not the exact bounds (``7.00e-01`` or ``640``
+above still pass it). With ``mask_bounds=True`` (the default) the digits are narrowed further, token
+by token, to those from which some completion still lies inside the field's bounds (``4`` then
+``e+01`` is refused for ``x <= 15``): a sample is then in bounds by construction, and the model's
+distribution is only renormalised where it strays. With ``mask_bounds=False`` the bounds are left to
+the model: ``valid_action_rate(..., mask_bounds=False)`` measures what the model itself has learned.
+
+Either way the parsed text is validated with pydantic (model validators, cross-field rules), and
+:func:`propose` resamples on a validation failure (up to ``max_tries`` samples in all), then clips
+the first sample into bounds (or uses the space's defaults when clipping is not enough) and says so
+in :class:`ProposalStats`.
 
 Samples are decoded as a batch with a key/value cache: the prompt is prefilled once, then every row
 advances by the same number of tokens per forward (the shortest pending forced run, or one sampled
@@ -35,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -76,6 +83,7 @@ class _Unit:
     neg_digits: tuple[int, int] | None = None  # int: (min, max) digits of |value| for a value < 0
     exponents: tuple[bytes, ...] = ()  # float: allowed exponent texts
     choices: tuple[bytes, ...] = ()  # choice: JSON text of each option
+    spec: FieldSpec | None = None  # float / int: the field (its exact bounds)
 
     @property
     def max_len(self) -> int:
@@ -113,20 +121,26 @@ def _float_unit(spec: FieldSpec) -> _Unit:
     neg = spec.lo is None or spec.lo < 0
     pos = spec.hi is None or spec.hi > 0
     if spec.lo is None or spec.hi is None:
-        return _Unit(kind="float", neg=neg, pos=pos, zero=zero, exponents=_ALL_EXPONENTS)
+        return _Unit(kind="float", neg=neg, pos=pos, zero=zero, exponents=_ALL_EXPONENTS, spec=spec)
     e_max = _exponent(format_float_toward(max(abs(spec.lo), abs(spec.hi)), up=False))
     crosses = spec.lo <= 0 <= spec.hi
     e_min = -99 if crosses else _exponent(format_float_toward(min(abs(spec.lo), abs(spec.hi)), up=True))
     exps = {f"{e:+03d}".encode() for e in range(max(e_min, -99), min(e_max, 99) + 1)}
     if zero:
         exps.add(b"+00")
-    return _Unit(kind="float", neg=neg, pos=pos, zero=zero, exponents=tuple(sorted(exps)))
+    return _Unit(kind="float", neg=neg, pos=pos, zero=zero, exponents=tuple(sorted(exps)), spec=spec)
+
+
+def _int_bounds(spec: FieldSpec) -> tuple[int | None, int | None]:
+    """Inclusive integer bounds of an int field (``None``: unbounded)."""
+    lo = None if spec.lo is None else math.floor(spec.lo) + 1 if spec.lo_open else math.ceil(spec.lo)
+    hi = None if spec.hi is None else math.ceil(spec.hi) - 1 if spec.hi_open else math.floor(spec.hi)
+    return lo, hi
 
 
 def _int_unit(spec: FieldSpec) -> _Unit:
     """An int slot: ``[-]digits``, no leading zeros, digit counts limited by the bounds."""
-    lo = None if spec.lo is None else math.floor(spec.lo) + 1 if spec.lo_open else math.ceil(spec.lo)
-    hi = None if spec.hi is None else math.ceil(spec.hi) - 1 if spec.hi_open else math.floor(spec.hi)
+    lo, hi = _int_bounds(spec)
     pos = neg = None
     if hi is None or hi >= 1:
         smallest = max(lo, 1) if lo is not None else 1
@@ -136,7 +150,13 @@ def _int_unit(spec: FieldSpec) -> _Unit:
         neg = (len(str(smallest)), len(str(-lo)) if lo is not None else MAX_INT_DIGITS)
     zero = (lo is None or lo <= 0) and (hi is None or hi >= 0)
     return _Unit(
-        kind="int", neg=neg is not None, pos=pos is not None, zero=zero, pos_digits=pos, neg_digits=neg
+        kind="int",
+        neg=neg is not None,
+        pos=pos is not None,
+        zero=zero,
+        pos_digits=pos,
+        neg_digits=neg,
+        spec=spec,
     )
 
 
@@ -191,11 +211,104 @@ def _continuations(unit: _Unit, value: bytes) -> tuple[tuple[int, ...], bool]:
     return (), True
 
 
-class _Walker:
-    """Where one sample is in the grammar: which tokens may come next, and advancing by one."""
+def _float_value(k: int, e: int) -> float:
+    """What the text of 3-digit mantissa ``k`` (100..999) and exponent ``e`` parses to."""
+    return float(f"{k // 100}.{k % 100:02d}e{e:+03d}")
 
-    def __init__(self, grammar: Grammar) -> None:
+
+def _float_feasible(unit: _Unit, value: bytes) -> bool:
+    """Whether some completion of the float text ``value`` lies within the field's bounds."""
+    spec = unit.spec
+    assert spec is not None
+    signed = value[:1] == b"-"
+    body = value[1:] if signed else value
+    if body[:1] == b"0":
+        return _in_range(spec, 0.0)
+    # bounds on the magnitude m: value = m (or -m when signed)
+    inf = math.inf
+    if signed:
+        a, a_open = (-spec.hi, spec.hi_open) if spec.hi is not None else (-inf, False)
+        b, b_open = (-spec.lo, spec.lo_open) if spec.lo is not None else (inf, False)
+    else:
+        a, a_open = (spec.lo, spec.lo_open) if spec.lo is not None else (-inf, False)
+        b, b_open = (spec.hi, spec.hi_open) if spec.hi is not None else (inf, False)
+    known = "".join(chr(body[i]) for i in (0, 2, 3) if i < len(body))
+    k_lo, k_hi = int(known.ljust(3, "0")) if known else 100, int(known.ljust(3, "9")) if known else 999
+    exps = sorted((int(e) for e in unit.exponents if e.startswith(body[5:])), reverse=True)
+
+    def above_a(x: float) -> bool:
+        return x > a if a_open else x >= a
+
+    def below_b(x: float) -> bool:
+        return x < b if b_open else x <= b
+
+    for e in exps:
+        if not above_a(_float_value(k_hi, e)) or not below_b(_float_value(k_lo, e)):
+            continue
+        # the smallest mantissa whose value clears the lower bound, then: is it under the upper one?
+        k = k_lo
+        if not above_a(_float_value(k, e)):
+            q = a / 10.0 ** (e - 2)
+            k = k_hi if q >= k_hi else max(k_lo, math.ceil(q))
+            while k > k_lo and above_a(_float_value(k - 1, e)):
+                k -= 1
+            while k < k_hi and not above_a(_float_value(k, e)):
+                k += 1
+        if above_a(_float_value(k, e)) and below_b(_float_value(k, e)):
+            return True
+    return False
+
+
+def _int_feasible(unit: _Unit, value: bytes) -> bool:
+    """Whether some completion of the int text ``value`` lies within the field's bounds."""
+    assert unit.spec is not None
+    lo, hi = _int_bounds(unit.spec)
+    signed = value[:1] == b"-"
+    body = value[1:] if signed else value
+    if body == b"0":
+        return (lo is None or lo <= 0) and (hi is None or hi >= 0)
+    digits = unit.neg_digits if signed else unit.pos_digits
+    if digits is None:
+        return False
+    k = len(body)
+    prefix = int(body) if body else 0
+    for more in range(0 if k else 1, digits[1] - k + 1):
+        scale = 10**more
+        m_lo = prefix * scale if k else 10 ** (more - 1)
+        m_hi = prefix * scale + scale - 1
+        v_lo, v_hi = (-m_hi, -m_lo) if signed else (m_lo, m_hi)
+        if (hi is None or v_lo <= hi) and (lo is None or v_hi >= lo):
+            return True
+    return False
+
+
+@lru_cache(maxsize=1 << 16)
+def _bounded_continuations(unit: _Unit, value: bytes) -> tuple[tuple[int, ...], bool]:
+    """:func:`_continuations` narrowed to what can still end inside the field's bounds.
+
+    Falls back to the plain grammar if nothing can (a range with no 3-significant-digit value).
+    """
+    cont, can_end = _continuations(unit, value)
+    if unit.kind == "choice":
+        return cont, can_end
+    feasible = _float_feasible if unit.kind == "float" else _int_feasible
+    narrowed = tuple(t for t in cont if feasible(unit, value + bytes((t,))))
+    if can_end:
+        assert unit.spec is not None
+        number = float(value) if unit.kind == "float" else int(value)
+        can_end = _in_range(unit.spec, number)
+    return (narrowed, can_end) if narrowed or can_end else _continuations(unit, value)
+
+
+class _Walker:
+    """Where one sample is in the grammar: which tokens may come next, and advancing by one.
+
+    With ``bounds`` the numbers are also kept inside the fields' bounds, token by token.
+    """
+
+    def __init__(self, grammar: Grammar, bounds: bool = True) -> None:
         self.units = grammar.units
+        self.bounds = bounds
         self.u = 0  # current unit
         self.k = 0  # bytes of the current fixed unit emitted
         self.value = b""  # bytes of the current value slot
@@ -211,7 +324,10 @@ class _Walker:
         unit = self.units[self.u]
         if unit.fixed:
             return (unit.fixed[self.k],)
-        cont, can_end = _continuations(unit, self.value)
+        if self.bounds:
+            cont, can_end = _bounded_continuations(unit, self.value)
+        else:
+            cont, can_end = _continuations(unit, self.value)
         # a value ends with the next unit's first byte (``,`` or ``}``), which is never a value byte
         return (*cont, self.units[self.u + 1].fixed[0]) if can_end else cont
 
@@ -298,12 +414,15 @@ def sample_actions(
     *,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    mask_bounds: bool = True,
     threads: int | None = 1,
 ) -> list[str]:
     """Decode ``n`` grammar-conforming action texts for ``prompt`` in one batch (no validation).
 
     ``temperature`` 0 is greedy. ``generator`` (a CPU ``torch.Generator``) makes it reproducible.
-    On CPU the decode runs with ``threads`` intra-op threads (``None``: leave torch's setting).
+    ``mask_bounds``: also mask, token by token, the digits that would leave a field's bounds (see
+    the module doc); ``False`` leaves the bounds to the model. On CPU the decode runs with
+    ``threads`` intra-op threads (``None``: leave torch's setting).
     """
     if n < 1:
         return []
@@ -319,7 +438,7 @@ def sample_actions(
     model.eval()
     with _cpu_threads(device, threads):
         try:
-            return _decode(model, prompt, grammar, budget, n, temperature, generator, device)
+            return _decode(model, prompt, grammar, budget, n, temperature, generator, mask_bounds, device)
         finally:
             model.train(was_training)
 
@@ -332,10 +451,11 @@ def _decode(
     n: int,
     temperature: float,
     generator: torch.Generator | None,
+    mask_bounds: bool,
     device: torch.device,
 ) -> list[str]:
     """Prefill the prompt once, then advance all rows in lockstep (see the module doc)."""
-    walkers = [_Walker(grammar) for _ in range(n)]
+    walkers = [_Walker(grammar, mask_bounds) for _ in range(n)]
     head = walkers[0].forced()  # the action's forced start ('{"key":'), the same for every row
     for w in walkers[1:]:
         w.forced()
@@ -419,25 +539,29 @@ def propose(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     max_tries: int = 5,
+    mask_bounds: bool = True,
     threads: int | None = 1,
 ) -> tuple[BaseModel, ProposalStats]:
     """Sample one valid recipe of ``space`` for ``prompt`` (always returns a schema-valid recipe).
 
     One sample first; if it fails validation, ``max_tries - 1`` more in one batch; if none validates,
     the first is clipped into bounds (``fallback="clipped"``), and if even that fails (a model
-    validator), the space's defaults are used (``fallback="default"``). ``threads``: as in
-    :func:`sample_actions`.
+    validator), the space's defaults are used (``fallback="default"``). ``mask_bounds`` and
+    ``threads``: as in :func:`sample_actions` (with the bounds masked, validation fails only on model
+    validators or on a range that holds no 3-significant-digit float).
     """
+    options: dict[str, Any] = {
+        "temperature": temperature,
+        "generator": generator,
+        "mask_bounds": mask_bounds,
+        "threads": threads,
+    }
     t0 = time.perf_counter()
     errors: list[str] = []
-    texts = sample_actions(
-        model, prompt, space, 1, temperature=temperature, generator=generator, threads=threads
-    )
+    texts = sample_actions(model, prompt, space, 1, **options)
     checked = [_validate(texts[0], space)]
     if checked[0][0] is None and max_tries > 1:
-        more = sample_actions(
-            model, prompt, space, max_tries - 1, temperature=temperature, generator=generator, threads=threads
-        )
+        more = sample_actions(model, prompt, space, max_tries - 1, **options)
         texts += more
         checked += [_validate(t, space) for t in more]
     for tries, (text, (recipe, err)) in enumerate(zip(texts, checked, strict=True), start=1):
@@ -465,13 +589,25 @@ def valid_action_rate(
     *,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    mask_bounds: bool = True,
     threads: int | None = 1,
 ) -> float:
-    """Fraction of samples that validate on the first try: ``n`` samples per prompt, no resampling."""
+    """Fraction of samples that validate on the first try: ``n`` samples per prompt, no resampling.
+
+    Decoded as :func:`propose` decodes (``mask_bounds=True``: what agents get); with
+    ``mask_bounds=False`` it measures how well the model itself has learned the bounds.
+    """
     ok = total = 0
     for prompt in prompts:
         texts = sample_actions(
-            model, prompt, space, n, temperature=temperature, generator=generator, threads=threads
+            model,
+            prompt,
+            space,
+            n,
+            temperature=temperature,
+            generator=generator,
+            mask_bounds=mask_bounds,
+            threads=threads,
         )
         for text in texts:
             ok += _validate(text, space)[0] is not None

@@ -209,48 +209,90 @@ def test_render_prompt_deterministic_and_bounded() -> None:
 
 
 def test_grammar_accepts_every_canonical_action() -> None:
-    """Every rendered valid recipe is a path of the decoding grammar (training targets are reachable)."""
+    """Every rendered valid recipe is a path of the decoding grammar, with or without bound masking
+    (so every training target can be produced)."""
     grammar = action_grammar(Toy)
     r = random.Random(1)
     for _ in range(300):
         text = render_action(random_recipe(r), Toy)
-        walker = _Walker(grammar)
-        for tok in [*text.encode(), EOS]:
-            assert tok in walker.allowed(), text
-            walker.feed(tok)
-        assert walker.done
+        for bounds in (False, True):
+            walker = _Walker(grammar, bounds)
+            for tok in [*text.encode(), EOS]:
+                assert tok in walker.allowed(), text
+                walker.feed(tok)
+            assert walker.done
         assert len(text) + 1 <= grammar.max_len
+
+
+class Awkward(BaseModel):
+    """Negative, exclusive, sign-crossing, narrow and unbounded ranges, int Literals, odd strings."""
+
+    a: float = Field(0.0, ge=-2.5, le=7.0)
+    b: int = Field(-5, ge=-120, le=-3)
+    c: Literal[1, 10, 100] = 1
+    d: Literal["x", "x,y", 'q"'] = "x"
+    e: float = Field(1.0, gt=0.0, lt=1e6)
+    f: float = Field(-0.5, ge=-0.9, le=-0.0123)
+    g: int = Field(5, gt=4, lt=9)
+    h: float = Field(0.1, ge=0.1, le=0.1)
+    i: int = 3
+
+
+@pytest.mark.parametrize("space", [Toy, Awkward])
+def test_bound_masked_walks_are_always_valid(space: type[BaseModel]) -> None:
+    """Any path through the bound-masked grammar (random choices at every free position) parses
+    and validates; without the bounds, random paths mostly do not."""
+    grammar = action_grammar(space)
+    r = random.Random(2)
+    invalid = {True: 0, False: 0}
+    for _ in range(300):
+        for bounds in (True, False):
+            walker = _Walker(grammar, bounds)
+            while not walker.done:
+                walker.feed(r.choice(walker.allowed()))
+            try:
+                space.model_validate(json.loads(walker.text()))
+            except ValidationError:
+                invalid[bounds] += 1
+    assert invalid[True] == 0
+    assert invalid[False] > 100
 
 
 # ---------------------------------------------------------------------------- decoding
 
 
 def test_untrained_model_always_yields_valid_recipes() -> None:
-    """Even from random weights, propose returns schema-valid recipes (falling back to clipping, recorded)."""
+    """From random weights, propose still returns schema-valid recipes: on the first try with the
+    bounds masked, else after resampling or clipping (recorded in the stats)."""
     torch.manual_seed(0)
     model = Policy(TINY)
     gen = torch.Generator().manual_seed(0)
     prompt = render_prompt("toy/1", None, None, [])
     fallbacks = 0
     for _ in range(20):
-        recipe, stats = propose(model, prompt, Toy, temperature=1.0, generator=gen, max_tries=3)
+        recipe, stats = propose(model, prompt, Toy, generator=gen, max_tries=3, mask_bounds=False)
         assert isinstance(recipe, Toy)
         Toy.model_validate(recipe.model_dump())
-        assert stats.text == render_action(recipe, Toy) or stats.fallback is None
         assert 1 <= stats.tries <= 3
         if stats.fallback:
             fallbacks += 1
             assert stats.fallback == "clipped" and not stats.first_try_valid and len(stats.errors) == 3
+            assert stats.text == render_action(recipe, Toy)
     assert fallbacks > 0  # random weights: out-of-bounds values happen, and are clipped
+    for _ in range(20):
+        recipe, stats = propose(model, prompt, Toy, generator=gen)
+        assert stats.first_try_valid and stats.fallback is None and not stats.errors
+        assert Toy.model_validate(json.loads(stats.text)) == recipe
+    assert valid_action_rate(model, [prompt], Toy, 50, generator=gen) == 1.0
 
 
 def test_trained_policy_first_try_valid_rate(trained: Policy) -> None:
-    """After brief training on toy examples, >= 99% of samples validate on the first try."""
+    """After brief training on toy examples, >= 99% of samples validate on the first try, even
+    without bound masking (the model itself has learned the ranges)."""
     prompts = [p for p, _ in toy_examples(20, seed=7)]
-    rate = valid_action_rate(
-        trained, prompts, Toy, 20, temperature=1.0, generator=torch.Generator().manual_seed(0)
-    )
-    assert rate >= 0.99
+    gen = torch.Generator().manual_seed(0)
+    assert valid_action_rate(trained, prompts, Toy, 20, generator=gen, mask_bounds=False) >= 0.99
+    assert valid_action_rate(trained, prompts[:5], Toy, 20, generator=gen) == 1.0
 
 
 def test_propose_is_seeded_and_fast(trained: Policy) -> None:

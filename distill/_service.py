@@ -37,6 +37,19 @@ from .model import Policy, PolicyConfig
 
 log = structlog.get_logger("distill")
 AGENT_ID = "distiller"
+CPU_MODEL: dict[str, Any] = {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 320}
+"""The model a CPU distiller trains from the base unless told otherwise: small enough that a
+generation takes tens of seconds on two cores. On CUDA the default :class:`PolicyConfig` is used."""
+
+
+def resolve(
+    cfg_steps: int | None, cfg_batch: int | None, model: dict[str, Any], device: torch.device
+) -> tuple[int, int, dict[str, Any]]:
+    """Steps, batch size and model config for ``device`` (explicit settings win)."""
+    cuda = device.type == "cuda"
+    steps = cfg_steps if cfg_steps is not None else (600 if cuda else 120)
+    batch = cfg_batch if cfg_batch is not None else (128 if cuda else 16)
+    return steps, batch, model or ({} if cuda else dict(CPU_MODEL))
 
 
 @dataclass
@@ -50,8 +63,9 @@ class DistillConfig:
     every_seconds: float | None = None
     once: bool = False
     min_examples: int = 16
-    steps: int = 300
-    batch_size: int = 32
+    steps: int | None = None
+    """Training steps per candidate; None: 600 on CUDA, 120 on CPU (see :data:`CPU_MODEL`)."""
+    batch_size: int | None = None
     lr: float = 3e-3
     seed: int = 0
     device: str | None = None
@@ -75,14 +89,25 @@ def _space_for(task: str) -> Any:
 
 @dataclass
 class Scores:
-    """Held-out figures of one model."""
+    """Held-out figures of one model.
+
+    ``valid_action_rate``: first-try valid samples with decoding constrained to the whole action
+    schema, bounds included (what agents get); ``learned_valid_rate``: the same with the bounds
+    left to the model (what it has learned itself; logged, not gated).
+    """
 
     loss: float
     valid_action_rate: float
+    learned_valid_rate: float = float("nan")
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        """For the ``eval`` field of model events."""
-        return {f"{prefix}heldout_loss": self.loss, f"{prefix}valid_action_rate": self.valid_action_rate}
+        """For the ``eval`` field of model events (finite values only)."""
+        out = {
+            f"{prefix}heldout_loss": self.loss,
+            f"{prefix}valid_action_rate": self.valid_action_rate,
+            f"{prefix}learned_valid_rate": self.learned_valid_rate,
+        }
+        return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Scores:
@@ -91,14 +116,20 @@ def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Score
     by_space: dict[Any, list[str]] = defaultdict(list)
     for prompt, _ in ds.heldout or ds.train[:32]:
         by_space[ds.spaces[prompt]].append(prompt)
-    rates, weights = [], []
+    rates, learned, weights = [], [], []
     gen = torch.Generator().manual_seed(seed)
     for space, prompts in by_space.items():
         unique = sorted(set(prompts))[:32]
         rates.append(valid_action_rate(model, unique, space, valid_samples, generator=gen))
+        learned.append(
+            valid_action_rate(model, unique, space, valid_samples, generator=gen, mask_bounds=False)
+        )
         weights.append(len(unique))
-    rate = sum(r * w for r, w in zip(rates, weights, strict=True)) / max(1, sum(weights))
-    return Scores(loss, rate)
+    total = max(1, sum(weights))
+    rate = sum(r * w for r, w in zip(rates, weights, strict=True)) / total
+    learned_rate = sum(r * w for r, w in zip(learned, weights, strict=True)) / total
+    log.info("valid_action_rate", constrained=rate, learned=learned_rate, prompts=sum(weights))
+    return Scores(loss, rate, learned_rate)
 
 
 def gate(candidate: Scores, champion: Scores | None) -> tuple[bool, str]:
@@ -111,8 +142,9 @@ def gate(candidate: Scores, champion: Scores | None) -> tuple[bool, str]:
         return True, "first model"
     if candidate.loss >= champion.loss:
         return False, f"held-out loss {candidate.loss:.4f} >= champion {champion.loss:.4f}"
-    if candidate.valid_action_rate < min(0.99, champion.valid_action_rate):
-        return False, f"valid-action rate {candidate.valid_action_rate:.3f} < champion {champion.valid_action_rate:.3f}"
+    cand_rate, champ_rate = candidate.valid_action_rate, champion.valid_action_rate
+    if cand_rate < min(0.99, champ_rate):
+        return False, f"valid-action rate {cand_rate:.3f} < champion's {champ_rate:.3f}"
     return True, f"held-out loss {candidate.loss:.4f} < champion {champion.loss:.4f}"
 
 
@@ -146,7 +178,9 @@ class Distiller:
             t_last = time.monotonic()
             while not self._stop.is_set():
                 new = await self._new_successes()
-                due_time = self.cfg.every_seconds is not None and time.monotonic() - t_last >= self.cfg.every_seconds
+                due_time = (
+                    self.cfg.every_seconds is not None and time.monotonic() - t_last >= self.cfg.every_seconds
+                )
                 if self.cfg.once or new >= self.cfg.every_traces or (due_time and new > 0):
                     await self.generation()
                     t_last = time.monotonic()
@@ -180,7 +214,9 @@ class Distiller:
             return
         signed, _rev = current
         pointer = signed.check(self.public_key)
-        data = await self.store.fetch(pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256)
+        data = await self.store.fetch(
+            pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256
+        )
         self.champion = Policy.from_bytes(data)
         self.champion_version = pointer.version
         self.last_through = pointer.trained_through_seq
@@ -192,11 +228,22 @@ class Distiller:
         through = int(status["applied_seq"])
         rows = await self._rows(SELECT_SQL, [through, through])
         hints = await self._rows(GUIDANCE_SQL)
-        ds = build_dataset(rows, hints, space_for=_space_for, through_seq=through,
-                           cap_per_context=self.cfg.cap_per_context, heldout_fraction=self.cfg.heldout_fraction)
+        ds = build_dataset(
+            rows,
+            hints,
+            space_for=_space_for,
+            through_seq=through,
+            cap_per_context=self.cfg.cap_per_context,
+            heldout_fraction=self.cfg.heldout_fraction,
+        )
         self.last_through = through
-        report: dict[str, Any] = {"through_seq": through, "examples": ds.size, "train": len(ds.train),
-                                  "heldout": len(ds.heldout), "holdout": ds.holdout}
+        report: dict[str, Any] = {
+            "through_seq": through,
+            "examples": ds.size,
+            "train": len(ds.train),
+            "heldout": len(ds.heldout),
+            "holdout": ds.holdout,
+        }
         if len(ds.train) < self.cfg.min_examples:
             log.info("distill_skipped", reason="too few examples", **report)
             report["decision"] = "skipped"
@@ -214,63 +261,119 @@ class Distiller:
     def _train_and_gate(self, ds: Dataset) -> dict[str, Any]:
         """CPU/GPU work, off the event loop: two candidates, the better one vs the champion."""
         device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
+        steps, batch_size, model_cfg = resolve(self.cfg.steps, self.cfg.batch_size, self.cfg.model, device)
         candidates: list[tuple[str, Policy, Any]] = []
         modes = [m for m in self.cfg.modes if m == "base" or (m == "continue" and self.champion is not None)]
         for mode in modes:
             torch.manual_seed(self.cfg.seed + len(self.generations))
             if mode == "base":
-                model = Policy(PolicyConfig(**self.cfg.model))
+                model = Policy(PolicyConfig(**model_cfg))
             else:
                 assert self.champion is not None
                 model = Policy.from_bytes(self.champion.to_bytes())
-            rep = train(model, ds.train, steps=self.cfg.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
-                        seed=self.cfg.seed, device=device, compile=self.cfg.compile, progress=self.cfg.progress)
+            rep = train(
+                model,
+                ds.train,
+                steps=steps,
+                batch_size=batch_size,
+                lr=self.cfg.lr,
+                seed=self.cfg.seed,
+                device=device,
+                compile=self.cfg.compile,
+                progress=self.cfg.progress,
+            )
             model = model.to("cpu").eval()
             candidates.append((mode, model, rep))
-        scored = [(mode, m, rep, score(m, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed))
-                  for mode, m, rep in candidates]
+        scored = [
+            (mode, m, rep, score(m, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed))
+            for mode, m, rep in candidates
+        ]
         scored.sort(key=lambda t: (t[3].loss, -t[3].valid_action_rate))
         mode, model, rep, cand = scored[0]
-        champ = (score(self.champion, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed)
-                 if self.champion is not None else None)
+        champ = (
+            score(self.champion, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed)
+            if self.champion is not None
+            else None
+        )
         promote, reason = gate(cand, champ)
-        log.info("distill_candidate", mode=mode, loss=cand.loss, valid_action_rate=cand.valid_action_rate,
-                 champion_loss=champ.loss if champ else None, promote=promote, reason=reason,
-                 alternatives={m: s.loss for m, _, _, s in scored})
+        log.info(
+            "distill_candidate",
+            mode=mode,
+            loss=cand.loss,
+            valid_action_rate=cand.valid_action_rate,
+            champion_loss=champ.loss if champ else None,
+            promote=promote,
+            reason=reason,
+            alternatives={m: s.loss for m, _, _, s in scored},
+        )
         report = {
-            "mode": mode, "reason": reason, "candidate": asdict(cand), "champion": asdict(champ) if champ else None,
+            "mode": mode,
+            "reason": reason,
+            "candidate": asdict(cand),
+            "champion": asdict(champ) if champ else None,
             "alternatives": {m: asdict(s) for m, _, _, s in scored},
             "train": rep.model_dump() if hasattr(rep, "model_dump") else dict(rep),
         }
         return {"promote": promote, "model": model, "scores": (cand, champ), "mode": mode, "report": report}
 
-    async def _publish(self, model: Policy, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]) -> None:
+    async def _publish(
+        self, model: Policy, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]
+    ) -> None:
         cand, champ = scores
         versions = await self.store.versions(self.cfg.name)
         version = max([self.champion_version, *versions]) + 1
         current = await self.store.read_pointer(self.cfg.name)
         serial = (current[0].pointer.serial + 1) if current else 1
-        meta = orjson.dumps({
-            "name": self.cfg.name, "version": version, "parent": self.champion_version, "mode": mode,
-            "config": orjson.loads(model.config.to_json()), "trained_through_seq": ds.through_seq, "dataset_size": ds.size,
-            "train_examples": len(ds.train), "heldout_examples": len(ds.heldout), "heldout_tasks": ds.heldout_tasks,
-            "holdout": ds.holdout, "eval": cand.as_metrics(), "champion_eval": champ.as_metrics() if champ else None,
-            "train": report.get("train"),
-        }, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        meta = orjson.dumps(
+            {
+                "name": self.cfg.name,
+                "version": version,
+                "parent": self.champion_version,
+                "mode": mode,
+                "config": orjson.loads(model.config.to_json()),
+                "trained_through_seq": ds.through_seq,
+                "dataset_size": ds.size,
+                "train_examples": len(ds.train),
+                "heldout_examples": len(ds.heldout),
+                "heldout_tasks": ds.heldout_tasks,
+                "holdout": ds.holdout,
+                "eval": cand.as_metrics(),
+                "champion_eval": champ.as_metrics() if champ else None,
+                "train": report.get("train"),
+            },
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+        )
         weights = model.to_bytes()
         files = await self.store.put_version(self.cfg.name, version, weights, meta)
         eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
-        pointer = streams.ModelPointer(name=self.cfg.name, serial=serial, version=version,
-                                       parent_version=self.champion_version, trained_through_seq=ds.through_seq,
-                                       dataset_size=ds.size, eval=eval_, **files)
+        pointer = streams.ModelPointer(
+            name=self.cfg.name,
+            serial=serial,
+            version=version,
+            parent_version=self.champion_version,
+            trained_through_seq=ds.through_seq,
+            dataset_size=ds.size,
+            eval=eval_,
+            **files,
+        )
         await self.store.write_pointer(pointer, self.key, current[1] if current else None)
         signature = streams.sign(self.key, pointer.signed_bytes())
-        await self.publisher.publish(streams.ModelPublished(
-            event_id=f"{AGENT_ID}/{self.cfg.name}/{version}", agent_id=AGENT_ID, agent_type="distiller",
-            name=self.cfg.name, version=version, parent_version=self.champion_version, sha256=files["weights_sha256"],
-            size=files["weights_size"], trained_through_seq=ds.through_seq, dataset_size=ds.size, eval=eval_,
-            signature=signature,
-        ))
+        await self.publisher.publish(
+            streams.ModelPublished(
+                event_id=f"{AGENT_ID}/{self.cfg.name}/{version}",
+                agent_id=AGENT_ID,
+                agent_type="distiller",
+                name=self.cfg.name,
+                version=version,
+                parent_version=self.champion_version,
+                sha256=files["weights_sha256"],
+                size=files["weights_size"],
+                trained_through_seq=ds.through_seq,
+                dataset_size=ds.size,
+                eval=eval_,
+                signature=signature,
+            )
+        )
         self.champion, self.champion_version = model, version
         report.update(decision="published", version=version)
         log.info("model_published", version=version, mode=mode, dataset_size=ds.size, **cand.as_metrics())
@@ -279,11 +382,19 @@ class Distiller:
         cand, champ = scores
         candidate = max([self.champion_version, *(await self.store.versions(self.cfg.name))]) + 1
         eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
-        await self.publisher.publish(streams.ModelRejected(
-            event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{ds.through_seq}", agent_id=AGENT_ID,
-            agent_type="distiller", name=self.cfg.name, candidate=candidate, champion_version=self.champion_version,
-            trained_through_seq=ds.through_seq, dataset_size=ds.size, eval=eval_, reason=report["reason"][:200],
-        ))
+        await self.publisher.publish(
+            streams.ModelRejected(
+                event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{ds.through_seq}",
+                agent_id=AGENT_ID,
+                agent_type="distiller",
+                name=self.cfg.name,
+                candidate=candidate,
+                champion_version=self.champion_version,
+                trained_through_seq=ds.through_seq,
+                dataset_size=ds.size,
+                eval=eval_,
+                reason=report["reason"][:200],
+            )
+        )
         report.update(decision="rejected", candidate=candidate)
         log.info("model_rejected", candidate=candidate, reason=report["reason"])
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -25,29 +26,69 @@ def _default_key() -> str:
 
 def _check_key(key: str) -> None:
     if not Path(key).exists():
-        raise click.BadParameter(f"{key}: no signing key (create one with `hive keys --out DIR`)", param_hint="--key")
+        raise click.BadParameter(
+            f"{key}: no signing key (create one with `hive keys --out DIR`)", param_hint="--key"
+        )
 
 
 @click.command()
 @click.option("--nats", "url", default=_default_url, help=NATS_HELP)
-@click.option("--key", default=_default_key, show_default="env HIVE_SIGNING_KEY or ./hive-data/keys/distiller.key",
-              help="Ed25519 signing key (from `hive keys`).")
+@click.option(
+    "--key",
+    default=_default_key,
+    show_default="env HIVE_SIGNING_KEY or ./hive-data/keys/distiller.key",
+    help="Ed25519 signing key (from `hive keys`).",
+)
 @click.option("--once", is_flag=True, help="Run one generation now and exit.")
-@click.option("--every-traces", default=200, show_default=True, type=click.IntRange(1),
-              help="Start a generation after this many new successful traces.")
+@click.option(
+    "--every-traces",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Start a generation after this many new successful traces.",
+)
 @click.option("--every-seconds", default=None, type=click.FloatRange(1), help="…or after this many seconds.")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="Training steps per candidate.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: CUDA when present.")
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(1),
+    help="Training steps per candidate (default 600 on CUDA, 120 on CPU).",
+)
+@click.option("--batch-size", default=None, type=click.IntRange(1), help="Default 128 on CUDA, 16 on CPU.")
+@click.option(
+    "--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: CUDA when present."
+)
 @click.option("--min-examples", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--progress/--no-progress", default=False, show_default=True, help="Progress bar while training.")
-@click.option("--model", "model_json", default="{}", show_default=True,
-              help='PolicyConfig overrides as JSON, e.g. \'{"n_layer": 2, "n_embd": 64}\'.')
-@click.option("--modes", default="base,continue", show_default=True,
-              help="Candidates per generation: base (fresh weights, ReST-EM) and/or continue (from the champion).")
-def distill(url: str, key: str, once: bool, every_traces: int, every_seconds: float | None, steps: int,
-            batch_size: int, device: str | None, min_examples: int, progress: bool, model_json: str,
-            modes: str) -> None:
+@click.option(
+    "--progress/--no-progress", default=False, show_default=True, help="Progress bar while training."
+)
+@click.option(
+    "--model",
+    "model_json",
+    default="{}",
+    show_default=True,
+    help="PolicyConfig for a model from the base, as JSON (default: the small CPU model on CPU).",
+)
+@click.option(
+    "--modes",
+    default="base,continue",
+    show_default=True,
+    help="Candidates per generation: base (fresh weights, ReST-EM) and/or continue (from the champion).",
+)
+def distill(
+    url: str,
+    key: str,
+    once: bool,
+    every_traces: int,
+    every_seconds: float | None,
+    steps: int | None,
+    batch_size: int | None,
+    device: str | None,
+    min_examples: int,
+    progress: bool,
+    model_json: str,
+    modes: str,
+) -> None:
     """Distil pooled successful traces into the shared model and push it to every agent."""
     _check_key(key)
     from distill._service import DistillConfig, Distiller
@@ -60,9 +101,20 @@ def distill(url: str, key: str, once: bool, every_traces: int, every_seconds: fl
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or set(mode_list) - {"base", "continue"}:
         raise click.BadParameter("choose from base, continue", param_hint="--modes")
-    cfg = DistillConfig(nats_url=url, key_path=key, once=once, every_traces=every_traces,
-                        every_seconds=every_seconds, steps=steps, batch_size=batch_size, device=device,
-                        min_examples=min_examples, progress=progress, model=model_cfg, modes=mode_list)
+    cfg = DistillConfig(
+        nats_url=url,
+        key_path=key,
+        once=once,
+        every_traces=every_traces,
+        every_seconds=every_seconds,
+        steps=steps,
+        batch_size=batch_size,
+        device=device,
+        min_examples=min_examples,
+        progress=progress,
+        model=model_cfg,
+        modes=mode_list,
+    )
     d = Distiller(cfg)
 
     async def go() -> list[dict[str, Any]]:
@@ -89,8 +141,10 @@ def keys(out: str) -> None:
         priv, pub = streams.generate_keys(out)
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"private key: {priv} (keep secret; the distiller's --key)\npublic key:  {pub} "
-               f"(agents' --pubkey or HIVE_MODEL_PUBKEY={pub.read_text().strip()})")
+    click.echo(
+        f"private key: {priv} (keep secret; the distiller's --key)\npublic key:  {pub} "
+        f"(agents' --pubkey or HIVE_MODEL_PUBKEY={pub.read_text().strip()})"
+    )
 
 
 @click.group()
@@ -112,12 +166,16 @@ def model_list(url: str, name: str) -> None:
             store = await streams.ModelStore(nc).open()
             current = await store.read_pointer(name)
             rows: list[list[Any]] = []
-            try:
-                rows = (await streams.remote_query(
-                    nc, "SELECT version, decision, dataset_size, trained_through_seq, eval, occurred_at FROM models "
-                    "WHERE name = ? ORDER BY seq", params=[name], timeout_s=5)).rows
-            except streams.QueryError:
-                pass
+            with contextlib.suppress(streams.QueryError):
+                rows = (
+                    await streams.remote_query(
+                        nc,
+                        "SELECT version, decision, dataset_size, trained_through_seq, eval, occurred_at "
+                        "FROM models WHERE name = ? ORDER BY seq",
+                        params=[name],
+                        timeout_s=5,
+                    )
+                ).rows
             return await store.versions(name), current, rows
         finally:
             await nc.close()
@@ -127,15 +185,23 @@ def model_list(url: str, name: str) -> None:
     except streams.ArtifactError as e:
         raise click.ClickException(str(e)) from None
     pointer = current[0].pointer if current else None
-    t = Table(title=f"model {name!r}: current version {pointer.version if pointer else '-'} "
-                    f"(pointer serial {pointer.serial if pointer else '-'})")
+    t = Table(
+        title=f"model {name!r}: current version {pointer.version if pointer else '-'} "
+        f"(pointer serial {pointer.serial if pointer else '-'})"
+    )
     for col in ("version", "decision", "dataset", "through seq", "eval", "at"):
         t.add_column(col)
     stored = set(versions)
     for v, decision, size, through, eval_, at in rows:
         mark = " *" if pointer and v == pointer.version and decision == "published" else ""
-        t.add_row(f"{v}{mark}", decision + ("" if v in stored or decision == "rejected" else " (gone)"),
-                  str(size), str(through), str(eval_), str(at))
+        t.add_row(
+            f"{v}{mark}",
+            decision + ("" if v in stored or decision == "rejected" else " (gone)"),
+            str(size),
+            str(through),
+            str(eval_),
+            str(at),
+        )
     if not rows:
         for v in versions:
             t.add_row(f"{v}{' *' if pointer and v == pointer.version else ''}", "stored", "", "", "", "")
@@ -171,19 +237,38 @@ def model_rollback(version: int, url: str, key: str, name: str) -> None:
             meta = await store.fetch(m_name, size=m_info.size, sha256=_obs_sha(m_info))
             m = orjson.loads(meta)
             pointer = streams.ModelPointer(
-                name=name, serial=old.pointer.serial + 1, version=version, parent_version=old.pointer.version,
-                weights=w_name, weights_sha256=hashlib.sha256(weights).hexdigest(), weights_size=len(weights),
-                meta=m_name, meta_sha256=hashlib.sha256(meta).hexdigest(), meta_size=len(meta),
-                trained_through_seq=int(m.get("trained_through_seq", 0)), dataset_size=int(m.get("dataset_size", 0)),
-                eval={k: float(v) for k, v in (m.get("eval") or {}).items()}, note=f"rollback from v{old.pointer.version}",
+                name=name,
+                serial=old.pointer.serial + 1,
+                version=version,
+                parent_version=old.pointer.version,
+                weights=w_name,
+                weights_sha256=hashlib.sha256(weights).hexdigest(),
+                weights_size=len(weights),
+                meta=m_name,
+                meta_sha256=hashlib.sha256(meta).hexdigest(),
+                meta_size=len(meta),
+                trained_through_seq=int(m.get("trained_through_seq", 0)),
+                dataset_size=int(m.get("dataset_size", 0)),
+                eval={k: float(v) for k, v in (m.get("eval") or {}).items()},
+                note=f"rollback from v{old.pointer.version}",
             )
             await store.write_pointer(pointer, private, rev)
-            await streams.Publisher(nc.jetstream()).publish(streams.ModelPublished(
-                event_id=f"distiller/{name}/rollback-{pointer.serial}", agent_id="distiller", agent_type="distiller",
-                name=name, version=version, parent_version=old.pointer.version, sha256=pointer.weights_sha256,
-                size=pointer.weights_size, trained_through_seq=pointer.trained_through_seq,
-                dataset_size=pointer.dataset_size, eval=pointer.eval,
-                signature=streams.sign(private, pointer.signed_bytes())))
+            await streams.Publisher(nc.jetstream()).publish(
+                streams.ModelPublished(
+                    event_id=f"distiller/{name}/rollback-{pointer.serial}",
+                    agent_id="distiller",
+                    agent_type="distiller",
+                    name=name,
+                    version=version,
+                    parent_version=old.pointer.version,
+                    sha256=pointer.weights_sha256,
+                    size=pointer.weights_size,
+                    trained_through_seq=pointer.trained_through_seq,
+                    dataset_size=pointer.dataset_size,
+                    eval=pointer.eval,
+                    signature=streams.sign(private, pointer.signed_bytes()),
+                )
+            )
             return pointer
         finally:
             await nc.close()

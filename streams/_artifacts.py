@@ -24,7 +24,6 @@ from ._events import Metrics, Name, Sha256, utcnow
 from ._signing import SignatureError, sign, verify
 from ._subjects import MODEL_BUCKET, POINTER_BUCKET
 
-
 CHUNK_BYTES = 1024 * 1024 - 8192
 """Object chunk size (just under the default 1 MB max_payload of a NATS server)."""
 
@@ -115,7 +114,8 @@ class ModelStore:
         # server's max_payload, 1 MB by default).
         chunk = min(CHUNK_BYTES, max(1024, self.nc.max_payload - 4096))
         for obj, data in ((w_name, weights), (m_name, meta)):
-            await self.obs.put(obj, data, meta=ObjectMeta(name=obj, options=ObjectMetaOptions(max_chunk_size=chunk)))
+            options = ObjectMetaOptions(max_chunk_size=chunk)
+            await self.obs.put(obj, data, meta=ObjectMeta(name=obj, options=options))
         return {
             "weights": w_name,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
@@ -184,10 +184,10 @@ class ModelStore:
                 batch = await reader.fetch(256, timeout=2.0)
                 if not batch:
                     raise ArtifactError(f"{object_name}: chunks stopped after {len(parts)} of {info.chunks}")
-                for e in batch:
-                    parts.append(e.data)
-                    h.update(e.data)
-                    got += len(e.data)
+                for entry in batch:
+                    parts.append(entry.data)
+                    h.update(entry.data)
+                    got += len(entry.data)
         finally:
             await reader.close()
         if got != size:

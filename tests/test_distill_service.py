@@ -36,10 +36,22 @@ def traces(n_per_task: int = 24, seed: int = 0) -> list[streams.ExperimentFinish
             child = task.mutate(parent, rng)
             value = task.run(child, i, 1.0)["value"]
             ev = streams.ExperimentFinished(
-                event_id=f"fx-{t}/run-{i}/finish", agent_id=f"fx-{t}", agent_type="researcher", task=ref,
-                run_id=f"run-{i}", parent_id=parent_id, recipe=child.model_dump(), seed=i, budget=1.0,
-                metrics={"value": value}, objective=value, cost_s=0.001, status="ok", success=True,
-                proposer="mutation")
+                event_id=f"fx-{t}/run-{i}/finish",
+                agent_id=f"fx-{t}",
+                agent_type="researcher",
+                task=ref,
+                run_id=f"run-{i}",
+                parent_id=parent_id,
+                recipe=child.model_dump(),
+                seed=i,
+                budget=1.0,
+                metrics={"value": value},
+                objective=value,
+                cost_s=0.001,
+                status="ok",
+                success=True,
+                proposer="mutation",
+            )
             out.append(ev)
             parent, parent_id = child, ev.event_id
     return out
@@ -83,9 +95,25 @@ async def test_distill_once_publishes_and_running_agents_use_it(
     fixture = traces()
     await streams.Publisher(nc.jetstream()).publish_many(fixture)
     await _materialized(nc, spawn, url, tmp_path / "d.duckdb", len(fixture))
-    spawn("agent", "run", "researcher", "--nats", url, "--task", "branin/7", "--id", "r-1", "--pubkey", str(pub))
-    out = await asyncio.to_thread(run_hive, "distill", "--once", "--nats", url, "--key", str(priv), "--steps", "150",
-                                  "--model", orjson.dumps(SMALL).decode(), "--modes", "base", timeout=600)
+    spawn(
+        "agent", "run", "researcher", "--nats", url, "--task", "branin/7", "--id", "r-1", "--pubkey", str(pub)
+    )
+    out = await asyncio.to_thread(
+        run_hive,
+        "distill",
+        "--once",
+        "--nats",
+        url,
+        "--key",
+        str(priv),
+        "--steps",
+        "80",
+        "--model",
+        orjson.dumps(SMALL).decode(),
+        "--modes",
+        "base",
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = orjson.loads(out.stdout)
     assert report["decision"] == "published", report
@@ -97,7 +125,10 @@ async def test_distill_once_publishes_and_running_agents_use_it(
 
     async def used() -> bool:
         res = await streams.remote_query(
-            nc, "SELECT count(*) FROM experiments WHERE agent_id = 'r-1' AND model_version = 1 AND proposer = 'model'")
+            nc,
+            "SELECT count(*) FROM experiments WHERE agent_id = 'r-1' AND model_version = 1 "
+            "AND proposer = 'model'",
+        )
         return bool(res.rows[0][0] > 0)
 
     await wait_for(used, timeout=30, what="agent traces from model v1")
@@ -120,12 +151,14 @@ async def test_gate_rejects_a_worse_candidate_and_the_champion_stays(
     fixture = traces()
     await streams.Publisher(nc.jetstream()).publish_many(fixture)
     await _materialized(nc, spawn, url, tmp_path / "g.duckdb", len(fixture))
-    good = Distiller(DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=150, model=SMALL,
-                                   modes=("base",)))
+    good = Distiller(
+        DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=80, model=SMALL, modes=("base",))
+    )
     (first,) = await good.run()
     assert first["decision"] == "published"
-    weak = Distiller(DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=2, model=SMALL,
-                                   modes=("base",)))
+    weak = Distiller(
+        DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=2, model=SMALL, modes=("base",))
+    )
     (second,) = await weak.run()
     assert second["decision"] == "rejected" and "champion" in second["reason"]
     store = await streams.ModelStore(nc).open()
@@ -153,8 +186,15 @@ async def test_bad_pointers_and_artifacts_are_refused_and_the_old_model_kept(
     weights = Policy(PolicyConfig(**SMALL)).to_bytes()
     meta = b'{"note": "test"}'
 
-    async def announce(version: int, serial: int, w: bytes, *, signer: Any = key, stored: bytes | None = None,
-                       signature: str | None = None) -> streams.SignedPointer:
+    async def announce(
+        version: int,
+        serial: int,
+        w: bytes,
+        *,
+        signer: Any = key,
+        stored: bytes | None = None,
+        signature: str | None = None,
+    ) -> streams.SignedPointer:
         files = await store.put_version("policy", version, stored if stored is not None else w, meta)
         files.update(weights_sha256=hashlib.sha256(w).hexdigest(), weights_size=len(w))
         p = streams.ModelPointer(name="policy", serial=serial, version=version, **files)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -327,21 +326,12 @@ class Policy(nn.Module):
 
     def to_bytes(self) -> bytes:
         """The model as a safetensors blob (float32 weights, config JSON in ``__metadata__``)."""
-        if sys.byteorder != "little":  # safetensors is little-endian; we copy raw storage
-            raise RuntimeError("saving requires a little-endian host")
-        tensors = {
+        from safetensors.torch import save as st_save
+
+        tensors = {  # clones: tied weights must not share storage in a safetensors file
             k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in self.state_dict().items()
         }
-        header: dict[str, object] = {"__metadata__": {"format": FORMAT, "config": self.config.to_json()}}
-        offset = 0
-        for name, t in tensors.items():
-            n = t.numel() * t.element_size()
-            header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-            offset += n
-        head = json.dumps(header, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)  # the spec pads the header to 8-byte alignment
-        body = b"".join(bytes(t.untyped_storage()) for t in tensors.values())
-        return len(head).to_bytes(8, "little") + head + body
+        return st_save(tensors, metadata={"format": FORMAT, "config": self.config.to_json()})
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_bytes` to ``path`` (atomically, via a temporary sibling) and return the path."""

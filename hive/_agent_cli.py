@@ -9,15 +9,10 @@ from typing import Any
 
 import click
 
+import streams
 from streams import _auth as streams_auth
 
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
-
-
-def _default_url() -> str:
-    import streams
-
-    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
 
 
 @click.group()
@@ -36,7 +31,7 @@ def agent_list() -> None:
 
 @agent.command("run")
 @click.argument("agent_type")
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option(
     "--count", default=1, show_default=True, type=click.IntRange(1, 1024), help="Agents in this process."
 )

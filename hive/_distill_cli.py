@@ -16,10 +16,6 @@ import streams
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
 
-def _default_url() -> str:
-    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
-
-
 def _default_key() -> str:
     return os.environ.get("HIVE_SIGNING_KEY", "./hive-data/keys/distiller.key")
 
@@ -32,7 +28,7 @@ def _check_key(key: str) -> None:
 
 
 @click.command()
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option(
     "--key",
     default=_default_key,
@@ -153,7 +149,7 @@ def model() -> None:
 
 
 @model.command("list")
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option("--name", default="policy", show_default=True)
 def model_list(url: str, name: str) -> None:
     """The versions in the model store and the current pointer."""
@@ -210,7 +206,7 @@ def model_list(url: str, name: str) -> None:
 
 @model.command("rollback")
 @click.argument("version", type=click.IntRange(1))
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option("--key", default=_default_key, help="Ed25519 signing key (the distiller's).")
 @click.option("--name", default="policy", show_default=True)
 def model_rollback(version: int, url: str, key: str, name: str) -> None:

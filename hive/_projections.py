@@ -98,18 +98,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
         if isinstance(ev, ExperimentFinished):
             t["experiments"].append(
                 (
-                    ev.event_id,
-                    m.seq,
-                    f"{ev.agent_id}/{ev.run_id}",
-                    ev.agent_id,
-                    ev.agent_type,
-                    ev.task,
-                    ev.model_version,
-                    ev.run_id,
-                    ev.parent_id,
-                    _json(ev.recipe),
-                    ev.seed,
-                    ev.budget,
+                    *_run_columns(m.seq, ev),
                     _json(ev.metrics),
                     ev.objective,
                     ev.cost_s,
@@ -121,24 +110,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                 )
             )
         elif isinstance(ev, ExperimentStarted):
-            t["experiment_starts"].append(
-                (
-                    ev.event_id,
-                    m.seq,
-                    f"{ev.agent_id}/{ev.run_id}",
-                    ev.agent_id,
-                    ev.agent_type,
-                    ev.task,
-                    ev.model_version,
-                    ev.run_id,
-                    ev.parent_id,
-                    _json(ev.recipe),
-                    ev.seed,
-                    ev.budget,
-                    ev.deadline_s,
-                    ev.occurred_at,
-                )
-            )
+            t["experiment_starts"].append((*_run_columns(m.seq, ev), ev.deadline_s, ev.occurred_at))
         elif isinstance(ev, DeploymentFinished):
             t["deployments"].append(
                 (
@@ -227,6 +199,24 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
             )
     t["agents"].extend(tuple(r) for r in agents.values())
     return rows
+
+
+def _run_columns(seq: int, ev: ExperimentStarted | ExperimentFinished) -> Row:
+    """The columns experiment_starts and experiments share, in their order."""
+    return (
+        ev.event_id,
+        seq,
+        f"{ev.agent_id}/{ev.run_id}",
+        ev.agent_id,
+        ev.agent_type,
+        ev.task,
+        ev.model_version,
+        ev.run_id,
+        ev.parent_id,
+        _json(ev.recipe),
+        ev.seed,
+        ev.budget,
+    )
 
 
 def _agent_row(seq: int, ev: AgentStarted | AgentHeartbeat | AgentStopped) -> list[Any]:

@@ -37,7 +37,7 @@ from ._auth import (
 )
 from ._auth import CLAIMS_BUCKET as IDENTITY_CLAIMS_BUCKET
 from ._codec import UPCASTERS, DecodeError, decode, encode, upcaster
-from ._connect import DEFAULT_URL, DUPLICATE_WINDOW_S, connect, ensure_stream, stream_config
+from ._connect import DEFAULT_URL, DUPLICATE_WINDOW_S, connect, default_url, ensure_stream, stream_config
 from ._consumer import ConsumerLost, LogEntry, LogReader
 from ._events import (
     EVENT_TYPES,
@@ -141,6 +141,7 @@ __all__ = [
     "connect_options_from_env",
     "current_version",
     "decode",
+    "default_url",
     "encode",
     "ensure_agent_buckets",
     "ensure_claims_bucket",

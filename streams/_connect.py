@@ -14,6 +14,15 @@ from ._events import MAX_EVENT_BYTES
 from ._subjects import STREAM, STREAM_SUBJECTS
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def default_url() -> str:
+    """The NATS URL commands use unless told otherwise: ``$HIVE_NATS_URL`` or :data:`DEFAULT_URL`."""
+    import os
+
+    return os.environ.get("HIVE_NATS_URL", DEFAULT_URL)
+
+
 DUPLICATE_WINDOW_S = 120.0
 
 

@@ -204,3 +204,17 @@ async def test_second_materializer_on_the_same_file_fails_fast(
         )
     assert out.returncode != 0
     assert "held by" in out.stderr and "one owner" in out.stderr
+
+
+async def test_unreadable_database_is_quarantined_and_rebuilt_from_the_log(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
+    """A DuckDB file that cannot be opened is moved aside and the state is rebuilt from the log."""
+    await streams.Publisher(nc.jetstream()).publish_many([finished(i) for i in range(30)])
+    db = tmp_path / "broken.duckdb"
+    db.write_bytes(b"this is not a duckdb file" * 100)
+    async with running(nats_server.url, db) as m:
+        await wait_for(lambda: m.stats.applied_seq == 30, what="rebuilt")
+        assert await count(nc, "SELECT count(*) FROM experiments") == 30
+    aside = list(tmp_path.glob("broken.duckdb.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a duckdb file")

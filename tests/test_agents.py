@@ -38,7 +38,8 @@ def _alive(pid: int) -> bool:
 
 def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
     """A short ``hive up``: every agent's traces are in DuckDB, the best beats the baseline,
-    heartbeats are recorded, and the stop is clean with no process left behind."""
+    heartbeats are recorded, the stop is clean with no process left behind, and a second
+    ``hive up`` on the same directory continues from the log."""
     data = tmp_path / "data"
     out = run_hive(
         "up",
@@ -85,6 +86,15 @@ def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
     pids = json.loads((data / "up.pids").read_text())
     assert set(pids) >= {"materializer", "nats-server", "researcher-0", "analyst-3"}
     assert not [n for n, pid in pids.items() if _alive(pid)]
+    # a second `hive up` on the same directory continues from the log
+    (before,), = _db_rows(db, "SELECT count(*) FROM experiments")
+    (seq_before,), = _db_rows(db, "SELECT last_seq FROM checkpoint")
+    out = run_hive("up", "--agents", "1", "--types", "researcher", "--task", "branin/1", "--duration", "6",
+                   "--port", "0", "--http-port", "0", "--no-distill", "--data", str(data), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (after,), = _db_rows(db, "SELECT count(*) FROM experiments")
+    (seq_after,), = _db_rows(db, "SELECT last_seq FROM checkpoint")
+    assert after > before and seq_after > seq_before
 
 
 async def test_user_defined_agent_and_task_load_as_module_class(

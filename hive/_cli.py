@@ -433,6 +433,12 @@ def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
     type=click.IntRange(1),
     help="Distill after this many new traces.",
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Auth on, as in docker compose: per-role NATS users and per-agent identities (generated or "
+    "reused in DATA/credentials, with the model-signing keys); the embedded server admits no one else.",
+)
 def up(
     n_agents: int,
     types: str,
@@ -444,8 +450,13 @@ def up(
     http_port: int,
     distill: bool,
     distill_every: int,
+    secure: bool,
 ) -> None:
-    """Run the whole swarm on this machine with live progress; state stays in --data."""
+    """Run the whole swarm on this machine with live progress; state stays in --data.
+
+    With --secure, log in from outside with HIVE_NATS_CREDENTIALS=DATA/credentials/admin.json
+    and the URL in DATA/nats.url.
+    """
     from agents import load_agent_type, load_task
 
     from ._supervisor import Swarm, UpConfig
@@ -459,6 +470,8 @@ def up(
         raise click.BadParameter(str(e)) from None
     if not type_list and n_agents:
         raise click.BadParameter("give at least one agent type", param_hint="--types")
+    if secure and url:
+        raise click.UsageError("--secure starts its own locked-down server; it cannot go with --nats")
     cfg = UpConfig(
         data_dir=Path(data_dir),
         agents=n_agents,
@@ -470,6 +483,7 @@ def up(
         http_port=http_port,
         distill=distill,
         distill_every_traces=distill_every,
+        secure=secure,
     )
     _run(Swarm(cfg).run())
 

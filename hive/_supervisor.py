@@ -2,6 +2,13 @@
 distiller, and N agents as separate processes — with live progress, stopped cleanly by
 Ctrl-C / SIGTERM or after ``--duration``. State lives in one directory; a second ``hive up``
 on the same directory continues from the log.
+
+``--secure`` runs it locked down exactly as compose does: credentials and the model-signing
+keys are generated (or reused) in ``<data>/credentials`` (the same files as ``hive credentials``),
+the embedded server gets their ``authorization`` block (bcrypt hashes, per-role permissions),
+the materializer and the distiller connect as their roles (``HIVE_NATS_CREDENTIALS``), each
+agent claims an identity from its type's pool (``HIVE_AGENT_POOL``) and the supervisor's own
+connection (progress queries) is the admin's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 import streams
+from streams import _auth
 
 log = structlog.get_logger("hive.up")
 
@@ -54,6 +62,37 @@ class UpConfig:
     distill: bool = True
     distill_every_traces: int = 200
     extra_agent_args: list[str] = field(default_factory=list)
+    secure: bool = False
+    """Auth on: per-role credentials in ``<data>/credentials``, an embedded server that requires them."""
+
+
+_CREDENTIAL_ENV = (
+    _auth.ENV_CREDENTIALS,
+    _auth.ENV_POOL,
+    "HIVE_NATS_USER",
+    "HIVE_NATS_PASSWORD",
+    "HIVE_NATS_INBOX_PREFIX",
+    "HIVE_NATS_TLS_CA",
+)
+"""Login settings a ``--secure`` child must not inherit from the supervisor's environment."""
+
+
+def credentials_dir(data_dir: Path) -> Path:
+    """Where ``hive up --secure`` keeps its credentials and signing keys: ``<data>/credentials``."""
+    return Path(data_dir) / "credentials"
+
+
+def secure_credentials(directory: Path, needed: dict[str, int]) -> _auth.CredentialSet:
+    """The swarm's credentials in ``directory``: reused when complete and big enough for
+    ``needed`` (agents per type), else generated afresh (new passwords; signing keys kept)."""
+    from ._credentials_cli import load_swarm_credentials, write_swarm_credentials
+
+    creds = load_swarm_credentials(directory, needed)
+    if creds is None:
+        per_type = max([1, *needed.values()])
+        creds, _ = write_swarm_credentials(directory, per_type, list(needed))
+        log.info("credentials_generated", directory=str(directory), agents_per_type=per_type)
+    return creds
 
 
 class Swarm:
@@ -67,15 +106,21 @@ class Swarm:
         self._stop = asyncio.Event()
         self.url = cfg.nats_url or ""
         self.logs = cfg.data_dir / "logs"
+        self.creds_dir = credentials_dir(cfg.data_dir)
+        self.creds: _auth.CredentialSet | None = None
 
     def stop(self) -> None:
         """Ask the swarm to stop (agents first, then the distiller, materializer and server)."""
         self._stop.set()
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
-        env = {**os.environ, "HIVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+        base = dict(os.environ)
+        if self.cfg.secure:  # exactly the role's login, nothing inherited
+            for k in _CREDENTIAL_ENV:
+                base.pop(k, None)
+        env = {**base, "HIVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "hive", *args],
             stdout=out,
@@ -97,11 +142,71 @@ class Swarm:
         (self.cfg.data_dir / "up.pids").write_text(json.dumps(pids, indent=1))
 
     def agent_plan(self) -> list[tuple[str, str]]:
-        """``(agent_type, agent_id)`` for each agent: types assigned round-robin."""
+        """``(agent_type, agent_id)`` for each agent: types assigned round-robin.
+
+        With ``secure`` the id only names the process and its log: the agent publishes as the
+        identity it claims from its type's pool (``<type>-01`` …).
+        """
         return [
             (self.cfg.types[i % len(self.cfg.types)], f"{self.cfg.types[i % len(self.cfg.types)]}-{i}")
             for i in range(self.cfg.agents)
         ]
+
+    def agents_per_type(self) -> dict[str, int]:
+        """How many agents of each type the plan runs, by type name (the pools ``--secure`` needs).
+
+        A ``module:Class`` type counts under its class's ``type_name`` (what its agents claim as).
+        """
+        needed = dict.fromkeys((self._type_name(t) for t in self.cfg.types), 0)
+        for agent_type, _ in self.agent_plan():
+            needed[self._type_name(agent_type)] += 1
+        return needed
+
+    @staticmethod
+    def _type_name(agent_type: str) -> str:
+        from agents import load_agent_type
+
+        return str(load_agent_type(agent_type).type_name)
+
+    def _signing_keys(self) -> tuple[Path, Path]:
+        """The distiller's key pair: ``<data>/credentials`` with ``secure`` (or when it already has
+        one), else ``<data>/keys``. A pair already in ``<data>/keys`` moves along into the
+        credentials directory, so models published before stay verifiable."""
+        from ._credentials_cli import ensure_signing_keys, signing_key_paths
+
+        legacy = self.cfg.data_dir / "keys"
+        cpriv, cpub = signing_key_paths(self.creds_dir)
+        lpriv, lpub = signing_key_paths(legacy)
+        if cpriv.exists() or self.cfg.secure:
+            if not cpriv.exists() and lpriv.exists():
+                self.creds_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(cpriv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(lpriv.read_bytes())
+                if lpub.exists():
+                    cpub.write_bytes(lpub.read_bytes())
+            priv, pub, _ = ensure_signing_keys(self.creds_dir)
+            return priv, pub
+        legacy.mkdir(parents=True, exist_ok=True)
+        priv, pub, _ = ensure_signing_keys(legacy)
+        return priv, pub
+
+    def distiller_threads(self) -> dict[str, str]:
+        """``OMP_NUM_THREADS`` for the distiller: the cores the agents leave free (at least 1),
+        unless already set. torch's thread pool competing with busy agents trains ~20x slower."""
+        if os.environ.get("OMP_NUM_THREADS"):
+            return {}
+        cpus = os.cpu_count() or 1
+        return {"OMP_NUM_THREADS": str(max(1, cpus - min(self.cfg.agents, cpus)))}
+
+    def _role_env(self, role: str, agent_type: str | None = None) -> dict[str, str]:
+        """The environment that logs a child in as ``role`` (empty without ``secure``)."""
+        if not self.cfg.secure:
+            return {}
+        if role == "agent":
+            assert agent_type is not None
+            return {_auth.ENV_POOL: str(_auth.pool_file(self.creds_dir, self._type_name(agent_type)))}
+        return {_auth.ENV_CREDENTIALS: str(_auth.credentials_file(self.creds_dir, role))}
 
     async def run(self) -> dict[str, Any]:
         """Start everything, show progress until stopped, stop everything; returns the last progress."""
@@ -111,35 +216,81 @@ class Swarm:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
         last: dict[str, Any] = {}
+        if cfg.secure and cfg.nats_url:
+            raise ValueError("--secure starts its own server; it cannot be combined with --nats")
         try:
+            admin: dict[str, Any] = {}
+            extra_config = ""
+            if cfg.secure:
+                needed = self.agents_per_type()
+                self.creds = await asyncio.to_thread(secure_credentials, self.creds_dir, needed)
+                admin = _auth.connect_options(self.creds.admin)
+                # The same authorization block compose's nats.conf includes (written beside the
+                # credentials as auth.conf = render_auth_config(user_entries(...))).
+                extra_config = (self.creds_dir / _auth.AUTH_FILE).read_text()
+            keys = self._signing_keys()
             if not self.url:
                 self.server = streams.EmbeddedServer(
                     port=cfg.port,
                     http_port=cfg.http_port,
                     store_dir=cfg.data_dir / "nats",
                     log_file=cfg.data_dir / "nats.log",
+                    extra_config=extra_config,
                 ).start()
                 self.url = self.server.url
             (cfg.data_dir / "nats.url").write_text(self.url + "\n")
-            nc = await streams.connect(self.url, name="hive-up")
+            nc = await streams.connect(self.url, name="hive-up", **admin)
             await streams.ensure_stream(nc.jetstream())
             self._spawn(
-                "materializer", "materialize", "--nats", self.url, "--db", str(cfg.data_dir / "hive.duckdb")
+                "materializer",
+                "materialize",
+                "--nats",
+                self.url,
+                "--db",
+                str(cfg.data_dir / "hive.duckdb"),
+                env=self._role_env("materializer"),
             )
-            keys = cfg.data_dir / "keys"
-            if not (keys / "distiller.key").exists():
-                streams.generate_keys(keys)
             if cfg.distill:
-                self._spawn("distiller", "distill", "--nats", self.url, "--every-traces",
-                            str(cfg.distill_every_traces), "--key", str(keys / "distiller.key"))
+                self._spawn(
+                    "distiller",
+                    "distill",
+                    "--nats",
+                    self.url,
+                    "--every-traces",
+                    str(cfg.distill_every_traces),
+                    "--key",
+                    str(keys[0]),
+                    env={**self._role_env("distiller"), **self.distiller_threads()},
+                )
             for agent_type, agent_id in self.agent_plan():
-                self._spawn(agent_id, "agent", "run", agent_type, "--nats", self.url, "--task", cfg.task,
-                            "--id", agent_id, "--pubkey", str(keys / "distiller.pub"), *cfg.extra_agent_args)
+                ident = [] if cfg.secure else ["--id", agent_id]  # secure: claimed from the pool
+                self._spawn(
+                    agent_id,
+                    "agent",
+                    "run",
+                    agent_type,
+                    "--nats",
+                    self.url,
+                    "--task",
+                    cfg.task,
+                    *ident,
+                    "--pubkey",
+                    str(keys[1]),
+                    *cfg.extra_agent_args,
+                    env=self._role_env("agent", agent_type),
+                )
             self.console.print(
-                f"[bold]hive up[/bold]: NATS {self.url}, state in {cfg.data_dir}, {cfg.agents} agents "
+                f"[bold]hive up[/bold]: NATS {self.url}"
+                + (f" (auth on, credentials in {self.creds_dir})" if cfg.secure else "")
+                + f", state in {cfg.data_dir}, {cfg.agents} agents "
                 f"({', '.join(cfg.types)}) on {cfg.task}"
                 + (f", stopping after {cfg.duration_s:g}s" if cfg.duration_s else ", Ctrl-C to stop")
             )
+            if cfg.secure:
+                self.console.print(
+                    f"  log in as admin: HIVE_NATS_URL={self.url} {_auth.ENV_CREDENTIALS}="
+                    f'{_auth.credentials_file(self.creds_dir, "admin")} hive query "..."'
+                )
             last = await self._progress(nc)
             await nc.close()
         finally:

@@ -9,15 +9,22 @@
   the emulation test builds on it.
 * ``docker/nats.conf`` with the ``auth.conf`` of ``hive credentials`` starts a real nats-server
   (ports and store moved to temporary ones) on which the materializer role provisions the stream.
+* The emulation test runs the compose services' own commands and environments as local
+  processes against that server (the materializer, the distiller, two ``researcher`` replicas, a
+  ``deployer`` and an ``analyst``) and checks that the scaled agents' traces reach DuckDB and that
+  a distilled, signed model reaches the agents.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -133,6 +140,17 @@ class ServiceSpec:
     """service → condition (``service_healthy``, ``service_started`` …)."""
     paths: dict[str, str] = field(default_factory=dict)
     """container path → local path used to rewrite the command and environment."""
+    stop_grace_s: float = 10.0
+    """``stop_grace_period``: how long compose waits after SIGTERM before SIGKILL."""
+
+
+def _duration_s(value: Any, default: float = 10.0) -> float:
+    """A compose duration (``30s``, ``1m30s``, ``500ms``, or a number of seconds) in seconds."""
+    if value is None:
+        return default
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)?", str(value))
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "": 1.0}
+    return sum(float(n) * unit[u] for n, u in parts) if parts else default
 
 
 def _as_list(cmd: Any) -> list[str]:
@@ -203,6 +221,7 @@ def compose_services(
             if isinstance(deps, list)
             else {d: c.get("condition", "service_started") for d, c in deps.items()},
             paths=paths,
+            stop_grace_s=_duration_s(svc.get("stop_grace_period")),
         )
     return out
 
@@ -320,6 +339,14 @@ def test_compose_services_are_locked_down_and_scalable(compose_env: dict[str, st
     for name, s in svcs.items():
         if name != "nats":
             assert not str(s.get("user", "")).startswith("0"), f"{name} must not run as root"
+    # model signing: the private key is the distiller's secret alone; agents pin the public key
+    assert svcs["distiller"]["environment"]["HIVE_SIGNING_KEY"] == "/run/secrets/signing-key"
+    assert "signing-key" in svcs["distiller"]["secrets"]
+    assert model["secrets"]["signing-key"]["file"].endswith("/distiller.key")
+    assert [n for n, s in svcs.items() if "signing-key" in (s.get("secrets") or [])] == ["distiller"]
+    for t in ("researcher", "deployer", "analyst"):
+        assert svcs[t]["environment"]["HIVE_MODEL_PUBKEY"] == compose_env["HIVE_MODEL_PUBKEY"]
+        streams.load_public_key(svcs[t]["environment"]["HIVE_MODEL_PUBKEY"])
     gpu = load_compose(COMPOSE, COMPOSE_GPU, env=compose_env)["services"]["distiller"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
@@ -363,14 +390,18 @@ def test_compose_services_map_to_local_processes(
     r = specs["researcher"]
     assert r.environment["HIVE_AGENT_POOL"] == str(creds_dir / "agents-researcher.json")
     assert "--nats" in r.command and r.command[r.command.index("--nats") + 1] == "nats://127.0.0.1:14222"
-    assert specs["distiller"].command[:2] == ["hive", "distill"]
-    assert "--every-traces" in specs["distiller"].command
+    d = specs["distiller"]
+    assert d.command[:2] == ["hive", "distill"]
+    assert "--every-traces" in d.command and "--steps" in d.command
+    assert d.environment["HIVE_SIGNING_KEY"] == str(creds_dir / "distiller.key")
+    streams.load_private_key(d.environment["HIVE_SIGNING_KEY"])
     assert auth.load_pool(r.environment["HIVE_AGENT_POOL"], "researcher")
 
 
 def test_credentials_command(tmp_path: Path) -> None:
-    """`hive credentials` writes the pool, the service files, auth.conf and .env (no secrets in it),
-    keeps the directory out of git, refuses to overwrite without --force, checks its options."""
+    """`hive credentials` writes the pool, the service files, auth.conf, the model-signing key pair
+    and .env (no secrets in it, the public key as HIVE_MODEL_PUBKEY), keeps the directory out of
+    git, refuses to overwrite without --force (which keeps the signing key), checks its options."""
     out = tmp_path / "c"
     runner = CliRunner()
     res = runner.invoke(
@@ -385,15 +416,23 @@ def test_credentials_command(tmp_path: Path) -> None:
         "agents-researcher.json",
         "agents-critic.json",
         "auth.conf",
+        "distiller.key",
+        "distiller.pub",
         ".env",
         ".gitignore",
         "tls",
     }
     assert (out / ".gitignore").read_text().strip().endswith("*")
     assert out.stat().st_mode & 0o077 == 0
+    assert (out / "distiller.key").stat().st_mode & 0o077 == 0
     env = read_env_file(out / ".env")
     assert env["HIVE_CREDENTIALS_DIR"] == str(out.absolute())
     assert env["HIVE_NATS_URL"] == "nats://nats:4222"
+    private = streams.load_private_key(out / "distiller.key")
+    pinned = streams.load_public_key(env["HIVE_MODEL_PUBKEY"])
+    streams.verify(pinned, b"pointer", streams.sign(private, b"pointer"))
+    key_bytes = (out / "distiller.key").read_bytes()
+    assert key_bytes.decode() not in (out / ".env").read_text()
     pool = auth.load_pool(out / "agents-critic.json")
     assert [c.user for c in pool] == ["agent-critic-01", "agent-critic-02"]
     for c in pool:
@@ -401,7 +440,10 @@ def test_credentials_command(tmp_path: Path) -> None:
         assert c.password.get_secret_value() not in (out / "auth.conf").read_text()
     again = runner.invoke(credentials, ["--out", str(out)])
     assert again.exit_code != 0 and "--force" in again.output
-    assert runner.invoke(credentials, ["--out", str(out), "--force", "--rounds", "4"]).exit_code == 0
+    forced = runner.invoke(credentials, ["--out", str(out), "--force", "--rounds", "4"])
+    assert forced.exit_code == 0 and "kept" in forced.output
+    assert (out / "distiller.key").read_bytes() == key_bytes, "--force keeps the signing key"
+    assert read_env_file(out / ".env")["HIVE_MODEL_PUBKEY"] == env["HIVE_MODEL_PUBKEY"]
     bad = runner.invoke(credentials, ["--out", str(tmp_path / "d"), "--types", "bad.type"])
     assert bad.exit_code != 0 and "subject token" in bad.output
     lone = runner.invoke(credentials, ["--out", str(tmp_path / "e"), "--tls-cert", str(out / "auth.conf")])
@@ -493,3 +535,287 @@ async def test_compose_nats_config_runs_and_materializer_provisions(
         await agent.close()
     with pytest.raises((nats.errors.Error, OSError, TimeoutError)):
         await streams.connect(url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2)
+
+
+# --------------------------------------------------------------------------- the swarm, emulated
+EMULATION_TIMEOUT_S = 150.0
+"""Budget of the emulation test from the first service start to the last check."""
+EMULATION_VARS = {
+    # Compose variables the test sets (documented in docker/README.md): a CPU-light task so two
+    # cores can train while the agents run, and a short, small-batch distillation round.
+    "HIVE_TASK": "sleep/0",
+    "HIVE_DISTILL_EVERY": "40",
+    "HIVE_DISTILL_STEPS": "60",
+    "HIVE_DISTILL_BATCH_SIZE": "16",
+    "HIVE_DISTILL_THREADS": "1",
+    "HIVE_LOG_LEVEL": "info",
+}
+EMULATION_SCALE = {"hive": 1, "distiller": 1, "researcher": 2, "deployer": 1, "analyst": 1}
+"""Replicas per service (``docker compose up --scale researcher=2``); ``nats`` is the fixture."""
+
+
+@dataclass
+class LocalProcess:
+    """One replica of a compose service, running as a local process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stop_grace_s: float = 10.0
+
+    def tail(self, n: int = 1500) -> str:
+        """The last ``n`` characters of its output."""
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+class LocalCompose:
+    """``docker compose up`` without Docker: each service's own command and environment (from
+    :func:`compose_services`) as local processes, started in ``depends_on`` order, waiting for
+    ``service_healthy`` dependencies with the services' own health checks; stopped by PID."""
+
+    def __init__(self, specs: Mapping[str, ServiceSpec], workdir: Path, healthy: Mapping[str, Any]) -> None:
+        self.specs = specs
+        self.workdir = workdir
+        self.procs: list[LocalProcess] = []
+        self._healthy = dict(healthy)
+        """service → a zero-argument callable returning True once healthy (``nats`` is the fixture)."""
+        self._seen_healthy: set[str] = set()
+        # The image's environment (Dockerfile ENV) instead of this test runner's HIVE_* settings.
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
+        self.base_env.update(
+            {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HIVE_LOG_FORMAT": "json"}
+        )
+
+    @staticmethod
+    def argv(command: list[str]) -> list[str]:
+        """The container command with the ``hive`` entry point run by this interpreter."""
+        assert command and command[0] == "hive", f"not a hive command: {command}"
+        return [sys.executable, "-m", "hive", *command[1:]]
+
+    def env(self, spec: ServiceSpec) -> dict[str, str]:
+        """The process environment: the image's plus the service's ``environment``."""
+        return {**self.base_env, **spec.environment}
+
+    def start(self, name: str, replica: int = 1) -> LocalProcess:
+        """Start one replica of ``name`` in its own working directory (the image's /data)."""
+        spec = self.specs[name]
+        cwd = self.workdir / f"{name}-{replica}"
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / f"{name}-{replica}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                self.argv(spec.command),
+                cwd=cwd,
+                env=self.env(spec),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        p = LocalProcess(f"{name}-{replica}", proc, log, spec.stop_grace_s)
+        self.procs.append(p)
+        return p
+
+    async def _check(self, name: str) -> bool:
+        """One run of the service's health check (compose's ``healthcheck.test``)."""
+        if name in self._healthy:
+            return bool(await asyncio.to_thread(self._healthy[name]))
+        spec = self.specs[name]
+        assert spec.healthcheck, f"{name} has no health check to wait for"
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(spec.healthcheck),
+            env=self.env(spec),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            return await asyncio.wait_for(proc.wait(), 30) == 0
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return False
+
+    async def wait_healthy(self, name: str, deadline: float) -> None:
+        """Retry ``name``'s health check until it passes (or fail at ``deadline``)."""
+        while name not in self._seen_healthy:
+            if await self._check(name):
+                self._seen_healthy.add(name)
+                return
+            dead = [p for p in self.procs if p.proc.poll() is not None]
+            assert not dead, f"{dead[0].name} exited with {dead[0].proc.returncode}:\n{dead[0].tail()}"
+            assert time.monotonic() < deadline, f"{name} never became healthy:\n{self.tails()}"
+            await asyncio.sleep(1.0)
+
+    async def up(self, scale: Mapping[str, int], deadline: float) -> None:
+        """Start ``scale[name]`` replicas of each service once its dependencies are ready."""
+        started: set[str] = set(self._healthy)
+        pending = [n for n in scale if n not in started]
+        while pending:
+            ready = [n for n in pending if set(self.specs[n].depends_on) <= started]
+            assert ready, f"depends_on cycle or unknown dependency among {pending}"
+            for name in ready:
+                for dep, condition in self.specs[name].depends_on.items():
+                    if condition == "service_healthy":
+                        await self.wait_healthy(dep, deadline)
+                for i in range(1, scale[name] + 1):
+                    self.start(name, i)
+                started.add(name)
+                pending.remove(name)
+
+    def stop_all(self) -> None:
+        """As ``docker compose down``: SIGTERM (agents first, the materializer last), SIGKILL
+        what outlives its service's ``stop_grace_period``."""
+        last = ("distiller-", "hive-")
+        agents = [p for p in self.procs if not p.name.startswith(last)]
+        for group in (agents, *([p for p in self.procs if p.name.startswith(x)] for x in last)):
+            for p in group:
+                if p.proc.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + max((p.stop_grace_s for p in group), default=0.0)
+            for p in group:
+                try:
+                    p.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+                    p.proc.wait()
+
+    def tails(self, n: int = 1500) -> str:
+        """Every process's last output, for failure messages."""
+        return "\n".join(f"--- {p.name} (rc {p.proc.poll()}):\n{p.tail(n)}" for p in self.procs)
+
+
+@pytest.fixture
+def local_compose(tmp_path: Path) -> Iterator[list[LocalCompose]]:
+    """A holder for the test's :class:`LocalCompose`; every process it started is stopped by PID
+    at teardown, whatever happened."""
+    holder: list[LocalCompose] = []
+    try:
+        yield holder
+    finally:
+        for swarm in holder:
+            swarm.stop_all()
+
+
+def _healthz(monitor: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{monitor}/healthz", timeout=3) as r:
+            return bool(json.loads(r.read()).get("status") == "ok")
+    except OSError:
+        return False
+
+
+async def test_compose_swarm_runs_as_local_processes(
+    compose_nats: tuple[str, str],
+    creds_dir: Path,
+    compose_env: dict[str, str],
+    tmp_path: Path,
+    local_compose: list[LocalCompose],
+) -> None:
+    """The compose services' own commands and environments, run locally against docker/nats.conf
+    with generated auth: both `researcher` replicas claim distinct pool identities and their traces
+    reach DuckDB; the distiller (signing key from its secret) publishes a model that the agents
+    (pinning HIVE_MODEL_PUBKEY from .env) load and use: experiments with model_version >= 1."""
+    url, monitor = compose_nats
+    env = {**compose_env, **EMULATION_VARS}
+    specs = compose_services(
+        COMPOSE,
+        env=env,
+        addresses={"nats:4222": url.split("://", 1)[1]},
+        data_root=tmp_path / "volumes",
+    )
+    swarm = LocalCompose(specs, tmp_path / "run", healthy={"nats": lambda: _healthz(monitor)})
+    local_compose.append(swarm)
+    t0 = time.monotonic()
+    deadline = t0 + EMULATION_TIMEOUT_S
+    await swarm.up(EMULATION_SCALE, deadline)
+    t_up = time.monotonic() - t0
+
+    admin = await streams.connect(
+        url, name="emulation-admin", **auth.connect_options(creds_dir / "admin.json")
+    )
+    pool = {c.agent_id for c in auth.load_pool(creds_dir / "agents-researcher.json")}
+    marks: dict[str, float] = {}
+
+    async def rows(sql: str) -> list[list[Any]]:
+        return (await streams.remote_query(admin, sql, timeout_s=10)).rows
+
+    async def state() -> dict[str, Any]:
+        return {
+            "researchers": dict(
+                (r[0], r[1])
+                for r in await rows(
+                    "SELECT agent_id, count(*) FROM experiments WHERE agent_type = 'researcher' GROUP BY ALL"
+                )
+            ),
+            "published": [
+                r[0] for r in await rows("SELECT version FROM models WHERE decision = 'published'")
+            ],
+            "models": await rows("SELECT decision, version, reason FROM models ORDER BY seq"),
+            "with_model": dict(
+                (r[0], r[1])
+                for r in await rows(
+                    "SELECT agent_type, count(*) FROM experiments WHERE model_version >= 1 GROUP BY ALL"
+                )
+            ),
+            "successes": (
+                await rows(
+                    "SELECT (SELECT count(*) FROM experiments WHERE success) "
+                    "+ (SELECT count(*) FROM deployments WHERE success)"
+                )
+            )[0][0],
+        }
+
+    last: dict[str, Any] = {}
+    try:
+        while True:
+            try:
+                last = await state()
+            except streams.QueryError as e:
+                last = {"error": str(e)}
+            now = time.monotonic() - t0
+            if len(last.get("researchers", {})) >= 2:
+                marks.setdefault("researchers", now)
+            if last.get("published"):
+                marks.setdefault("published", now)
+            if last.get("with_model", {}).get("researcher"):
+                marks.setdefault("model_used", now)
+            if "published" in marks and "model_used" in marks:
+                break
+            dead = [p for p in swarm.procs if p.proc.poll() is not None]
+            assert not dead, f"{dead[0].name} exited with {dead[0].proc.returncode}:\n{swarm.tails()}"
+            if time.monotonic() > deadline:
+                distiller = next(p for p in swarm.procs if p.name.startswith("distiller-"))
+                hint = (
+                    "the distiller published no model in time (CPU-bound training?)"
+                    if not last.get("published")
+                    else "a model was published but no researcher trace carries it yet"
+                )
+                raise AssertionError(
+                    f"{hint}; state {last}; marks {marks}\n--- distiller:\n{distiller.tail(4000)}"
+                )
+            await asyncio.sleep(1.0)
+
+        # the scaled researchers: distinct identities, both from the type's pool
+        assert set(last["researchers"]) <= pool and len(last["researchers"]) == 2, last
+        deployers = {r[0] for r in await rows("SELECT DISTINCT agent_id FROM deployments")}
+        assert deployers and deployers <= {
+            c.agent_id for c in auth.load_pool(creds_dir / "agents-deployer.json")
+        }
+        analysts = {r[0] for r in await rows("SELECT agent_id FROM agents WHERE agent_type = 'analyst'")}
+        assert len(analysts) == 1 and analysts <= {
+            c.agent_id for c in auth.load_pool(creds_dir / "agents-analyst.json")
+        }
+        # the model: published by the distiller, signed with the key the agents pin
+        ((version, signature, agent_id),) = await rows(
+            "SELECT version, signature, agent_id FROM models WHERE decision = 'published' "
+            "ORDER BY seq LIMIT 1"
+        )
+        assert version >= 1 and agent_id == "distiller" and signature
+        store = await streams.ModelStore(admin).open()
+        current = await store.read_pointer("policy")
+        assert current is not None
+        current[0].check(streams.load_public_key(env["HIVE_MODEL_PUBKEY"]))
+        # every event was on its own subject (a strict decode would dead-letter anything else)
+        assert (await rows("SELECT count(*) FROM dead_letters"))[0][0] == 0
+    finally:
+        await admin.close()
+    print(f"emulation: services up in {t_up:.1f}s; milestones (s since start) {marks}")

@@ -61,6 +61,16 @@ class AgentContext:
         return self.slot.version
 
 
+async def close_quickly(nc: Any, timeout: float = 3.0) -> None:
+    """Drain a connection (flushing what was published), but never wait past ``timeout``:
+    nats-py's drain can otherwise hold a stopping process for its 30 s drain timeout."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), timeout)
+    with contextlib.suppress(Exception):
+        if not nc.is_closed:
+            await nc.close()
+
+
 class AgentRuntime:
     """Runs agents of any registered type in this process until stopped.
 
@@ -145,8 +155,7 @@ class AgentRuntime:
             for t in bg:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await close_quickly(self.nc)
 
     async def _stop_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

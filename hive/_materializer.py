@@ -108,7 +108,10 @@ class Materializer:
             await self._ingest(nc, writer)
         finally:
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await asyncio.wait_for(nc.drain(), 3.0)
+            with contextlib.suppress(Exception):
+                if not nc.is_closed:
+                    await nc.close()
             with contextlib.suppress(Exception):
                 if self.stats.snapshot_seq != self.stats.applied_seq:
                     write_snapshot(writer, self.snapshot_path)

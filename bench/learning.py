@@ -29,8 +29,15 @@ from agents._policy import make_model_watcher
 from distill._service import DistillConfig, Distiller
 
 
-async def run_researchers(url: str, tasks: list[str], *, seconds: float | None, prefix: str, pubkey: str | None,
-                          until_experiments: int | None = None) -> AgentRuntime:
+async def run_researchers(
+    url: str,
+    tasks: list[str],
+    *,
+    seconds: float | None,
+    prefix: str,
+    pubkey: str | None,
+    until_experiments: int | None = None,
+) -> AgentRuntime:
     """Researchers (one per task) for a while; with ``pubkey`` they use the published model."""
     rt = AgentRuntime(url, model_watcher=make_model_watcher(pubkey) if pubkey else None)
     cls = load_agent_type("researcher")
@@ -52,9 +59,12 @@ async def one_seed(seed: int, family: str, train_s: float, n_eval: int) -> dict[
     """One full run; returns success counts of both generations on held-out instances."""
     with tempfile.TemporaryDirectory() as d, streams.EmbeddedServer(http_port=None) as srv:
         priv, pub = streams.generate_keys(d + "/keys")
-        mat = subprocess.Popen([sys.executable, "-m", "hive", "materialize", "--nats", srv.url, "--db",
-                                d + "/h.duckdb"], env={**os.environ, "HIVE_LOG_LEVEL": "warning"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mat = subprocess.Popen(
+            [sys.executable, "-m", "hive", "materialize", "--nats", srv.url, "--db", d + "/h.duckdb"],
+            env={**os.environ, "HIVE_LOG_LEVEL": "warning"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             train_tasks = [f"{family}/{i}" for i in range(4)]
             await run_researchers(srv.url, train_tasks, seconds=train_s, prefix=f"train{seed}", pubkey=None)
@@ -63,24 +73,42 @@ async def one_seed(seed: int, family: str, train_s: float, n_eval: int) -> dict[
             (report,) = await Distiller(d_cfg).run()
             held_0 = [f"{family}/{1000 + 10 * seed + i}" for i in range(2)]
             held_1 = [f"{family}/{2000 + 10 * seed + i}" for i in range(2)]
-            await run_researchers(srv.url, held_0, seconds=None, prefix=f"gen0-{seed}", pubkey=None,
-                                  until_experiments=n_eval)
-            await run_researchers(srv.url, held_1, seconds=None, prefix=f"gen1-{seed}", pubkey=str(pub),
-                                  until_experiments=n_eval)
+            await run_researchers(
+                srv.url, held_0, seconds=None, prefix=f"gen0-{seed}", pubkey=None, until_experiments=n_eval
+            )
+            await run_researchers(
+                srv.url,
+                held_1,
+                seconds=None,
+                prefix=f"gen1-{seed}",
+                pubkey=str(pub),
+                until_experiments=n_eval,
+            )
             await asyncio.sleep(3)
             nc = await streams.connect(srv.url)
             res = await streams.remote_query(
-                nc, "SELECT model_version, count(*) FILTER (WHERE success IS NOT NULL), count(*) FILTER (WHERE success) "
-                "FROM experiments WHERE agent_id LIKE 'gen%' AND proposer <> 'baseline' GROUP BY 1 ORDER BY 1")
+                nc,
+                "SELECT model_version, count(*) FILTER (WHERE success IS NOT NULL), "
+                "count(*) FILTER (WHERE success) FROM experiments "
+                "WHERE agent_id LIKE 'gen%' AND proposer <> 'baseline' GROUP BY 1 ORDER BY 1",
+            )
             await nc.close()
         finally:
             mat.terminate()
             mat.wait(30)
     rows = {r[0]: (r[1], r[2]) for r in res.rows}
     g0, g1 = rows.get(0, (0, 0)), rows.get(1, (0, 0))
-    return {"seed": seed, "distill": report.get("decision"), "examples": report.get("examples"),
-            "gen0_judged": g0[0], "gen0_success": g0[1], "gen1_judged": g1[0], "gen1_success": g1[1],
-            "gen0_rate": round(g0[1] / max(1, g0[0]), 3), "gen1_rate": round(g1[1] / max(1, g1[0]), 3)}
+    return {
+        "seed": seed,
+        "distill": report.get("decision"),
+        "examples": report.get("examples"),
+        "gen0_judged": g0[0],
+        "gen0_success": g0[1],
+        "gen1_judged": g1[0],
+        "gen1_success": g1[1],
+        "gen0_rate": round(g0[1] / max(1, g0[0]), 3),
+        "gen1_rate": round(g1[1] / max(1, g1[0]), 3),
+    }
 
 
 async def main() -> None:
@@ -94,12 +122,19 @@ async def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     runs = [await one_seed(s, args.family, args.train_s, args.eval_experiments) for s in range(args.seeds)]
     margins = [r["gen1_rate"] - r["gen0_rate"] for r in runs]
-    out = {"family": args.family, "runs": runs, "margin_mean": round(sum(margins) / len(margins), 3),
-           "margins": [round(m, 3) for m in margins]}
+    out = {
+        "family": args.family,
+        "runs": runs,
+        "margin_mean": round(sum(margins) / len(margins), 3),
+        "margins": [round(m, 3) for m in margins],
+    }
     print(json.dumps(out, indent=2))
     for r in runs:
-        print(f"seed {r['seed']}: gen0 {r['gen0_success']}/{r['gen0_judged']} = {r['gen0_rate']}, "
-              f"gen1 {r['gen1_success']}/{r['gen1_judged']} = {r['gen1_rate']}", file=sys.stderr)
+        print(
+            f"seed {r['seed']}: gen0 {r['gen0_success']}/{r['gen0_judged']} = {r['gen0_rate']}, "
+            f"gen1 {r['gen1_success']}/{r['gen1_judged']} = {r['gen1_rate']}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ async def main() -> None:
         t0 = time.perf_counter()
         files = await store.put_version("policy", 1, weights, b"{}")
         t1 = time.perf_counter()
-        await store.write_pointer(streams.ModelPointer(name="policy", serial=1, version=1, **files), key, None)
+        await store.write_pointer(
+            streams.ModelPointer(name="policy", serial=1, version=1, **files), key, None
+        )
         await asyncio.wait_for(asyncio.gather(*tasks), 300)
         last = max(done)
         t = time.perf_counter()
@@ -76,15 +78,25 @@ async def main() -> None:
         slow = args.mb / (time.perf_counter() - t)
         assert res.data == weights
         await nc.close()
-    out = {"agents": args.agents, "model_mb": args.mb, "upload_s": round(t1 - t0, 3),
-           "push_to_all_s": round(last - t0, 3), "pointer_to_all_s": round(last - t1, 3),
-           "fast_fetch_mb_s": round(fast, 1), "objectstore_get_mb_s": round(slow, 1),
-           "speedup": round(fast / slow, 1), "cpus": os.cpu_count()}
+    out = {
+        "agents": args.agents,
+        "model_mb": args.mb,
+        "upload_s": round(t1 - t0, 3),
+        "push_to_all_s": round(last - t0, 3),
+        "pointer_to_all_s": round(last - t1, 3),
+        "fast_fetch_mb_s": round(fast, 1),
+        "objectstore_get_mb_s": round(slow, 1),
+        "speedup": round(fast / slow, 1),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(out, indent=2))
     if not args.json:
-        print(f"{args.agents} agents, {args.mb:g} MB: every agent verified in {out['push_to_all_s']} s "
-              f"({out['pointer_to_all_s']} s after the pointer); chunk fetch {out['fast_fetch_mb_s']} MB/s vs "
-              f"ObjectStore.get {out['objectstore_get_mb_s']} MB/s", file=sys.stderr)
+        print(
+            f"{args.agents} agents, {args.mb:g} MB: every agent verified in {out['push_to_all_s']} s "
+            f"({out['pointer_to_all_s']} s after the pointer); chunk fetch {out['fast_fetch_mb_s']} MB/s vs "
+            f"ObjectStore.get {out['objectstore_get_mb_s']} MB/s",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

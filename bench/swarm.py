@@ -43,8 +43,13 @@ async def measure(url: str, n: int, sleep_ms: float, seconds: float, warmup: flo
     await asyncio.wait_for(run, 60)
     rate = done / dt
     ideal = n / (sleep_ms / 1000)
-    return {"agents": n, "experiments_per_s": round(rate, 1), "ideal_per_s": round(ideal, 1),
-            "efficiency": round(rate / ideal, 3), "experiments": done}
+    return {
+        "agents": n,
+        "experiments_per_s": round(rate, 1),
+        "ideal_per_s": round(ideal, 1),
+        "efficiency": round(rate / ideal, 3),
+        "experiments": done,
+    }
 
 
 async def main() -> None:
@@ -64,22 +69,48 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, streams.EmbeddedServer(http_port=None) as srv:
         mat = None
         if not args.no_materializer:
-            mat = subprocess.Popen([sys.executable, "-m", "hive", "materialize", "--nats", srv.url, "--db",
-                                    f"{tmp}/bench.duckdb"], env={**os.environ, "HIVE_LOG_LEVEL": "warning"},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            mat = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hive",
+                    "materialize",
+                    "--nats",
+                    srv.url,
+                    "--db",
+                    f"{tmp}/bench.duckdb",
+                ],
+                env={**os.environ, "HIVE_LOG_LEVEL": "warning"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         try:
             for n in (int(x) for x in args.agents.split(",")):
                 r = await measure(srv.url, n, args.sleep_ms, args.seconds, args.warmup)
                 results.append(r)
                 if not args.json:
-                    print(f"{n:>3} agents: {r['experiments_per_s']:>7.1f} exp/s of ideal {r['ideal_per_s']:>6.1f} "
-                          f"(efficiency {r['efficiency']:.3f})", file=sys.stderr)
+                    print(
+                        f"{n:>3} agents: {r['experiments_per_s']:>7.1f} exp/s "
+                        f"of ideal {r['ideal_per_s']:>6.1f} "
+                        f"(efficiency {r['efficiency']:.3f})",
+                        file=sys.stderr,
+                    )
         finally:
             if mat is not None:
                 mat.send_signal(signal.SIGTERM)
                 mat.wait(30)
-    print(json.dumps({"sleep_ms": args.sleep_ms, "window_s": args.seconds, "cpus": os.cpu_count(),
-                      "materializer": not args.no_materializer, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "sleep_ms": args.sleep_ms,
+                "window_s": args.seconds,
+                "cpus": os.cpu_count(),
+                "materializer": not args.no_materializer,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

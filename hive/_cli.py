@@ -395,7 +395,7 @@ def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
 @click.option("--task", default="hartmann6/0", show_default=True, help="Task instance the agents work on.")
 @click.option(
     "--duration",
-    default=60.0,
+    default=120.0,
     show_default=True,
     type=click.FloatRange(0),
     help="Seconds to run; 0 = until Ctrl-C.",

@@ -55,7 +55,7 @@ class UpConfig:
     agents: int = 4
     types: list[str] = field(default_factory=lambda: ["researcher", "deployer", "analyst"])
     task: str = "hartmann6/0"
-    duration_s: float | None = 60.0
+    duration_s: float | None = 120.0
     nats_url: str | None = None
     port: int = 4222
     http_port: int = 8222

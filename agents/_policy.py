@@ -38,16 +38,19 @@ class PolicyAdapter:
 
     def propose(
         self, task: Task, parent: dict[str, Any] | None, parent_objective: float | None, guidance: list[str],
-        rng: random.Random,
+        rng: random.Random, temperature: float = 1.0,
     ) -> BaseModel:
-        """A schema-valid recipe for ``task`` (constrained decoding, validation, resampling)."""
+        """A schema-valid recipe for ``task`` (constrained decoding, validation, resampling).
+
+        ``temperature`` 1.0 samples the policy as trained (exploration, researchers); lower
+        values concentrate on its mode (one-shot deployment)."""
         import torch
 
         from distill import propose, render_prompt
 
         prompt = render_prompt(task.ref, parent, parent_objective, guidance)
         gen = torch.Generator().manual_seed(rng.randrange(2**31 - 1))
-        recipe, stats = propose(self.model, prompt, task.space, generator=gen)
+        recipe, stats = propose(self.model, prompt, task.space, generator=gen, temperature=temperature)
         self.proposals += 1
         self.first_try_valid += int(getattr(stats, "first_try_valid", True))
         return recipe

@@ -28,6 +28,8 @@ class Deployer(Agent):
     ``DeploymentFinished`` with the outcome against the baseline."""
 
     type_name: ClassVar[str] = "deployer"
+    temperature: ClassVar[float] = 0.3
+    """Sampling temperature of one-shot model proposals (low: the policy's most likely recipe)."""
 
     async def setup(self) -> None:
         """Resolve the task family from ``--task``."""
@@ -47,7 +49,7 @@ class Deployer(Agent):
     def one_shot(self, task: Task) -> tuple[BaseModel, str]:
         """The recipe to deploy: from the model if loaded, else the family's best-known recipe."""
         if self.policy is not None:
-            return self.policy.propose(task, None, None, [], self.rng), "model"
+            return self.policy.propose(task, None, None, [], self.rng, temperature=self.temperature), "model"
         best: tuple[float, dict[str, Any]] | None = None
         for ref, tv in self.view.tasks.items():
             if ref.split("/", 1)[0] != self.family or tv.best_recipe is None or tv.baseline_mean is None:

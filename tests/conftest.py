@@ -111,6 +111,26 @@ def run_hive(
     )
 
 
+def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` from a DuckDB file opened read-only (no materializer may own it)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def wait_for(
     cond: Callable[[], Any], timeout: float = 30, every: float = 0.1, what: str = "condition"
 ) -> Any:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 import streams
@@ -17,23 +15,7 @@ from agents import AgentRuntime, Claims, load_agent_type, load_task, merged_avoi
 from agents.builtin.analyst import avoid_rules
 from agents.builtin.researcher import Researcher
 
-from .conftest import run_hive, wait_for
-
-
-def _db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from .conftest import db_rows, pid_alive, run_hive, wait_for
 
 
 def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
@@ -63,7 +45,7 @@ def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped; state kept in" in out.stderr
     db = data / "hive.duckdb"
-    agents = dict(_db_rows(db, "SELECT agent_id, agent_type FROM agents"))
+    agents = dict(db_rows(db, "SELECT agent_id, agent_type FROM agents"))
     assert agents == {
         "researcher-0": "researcher",
         "random-1": "random",
@@ -71,29 +53,29 @@ def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
         "analyst-3": "analyst",
         "researcher-4": "researcher",
     }
-    traced = {r[0] for r in _db_rows(db, "SELECT DISTINCT agent_id FROM experiments")}
+    traced = {r[0] for r in db_rows(db, "SELECT DISTINCT agent_id FROM experiments")}
     assert traced == {"researcher-0", "random-1", "researcher-4"}
-    assert _db_rows(db, "SELECT count(*) FROM deployments WHERE agent_id = 'deployer-2'")[0][0] > 0
-    ((best, base),) = _db_rows(
+    assert db_rows(db, "SELECT count(*) FROM deployments WHERE agent_id = 'deployer-2'")[0][0] > 0
+    ((best, base),) = db_rows(
         db,
         "SELECT min(objective), avg(objective) FILTER (WHERE proposer = 'baseline') "
         "FROM experiments WHERE task = 'branin/1'",
     )
     assert best < base
     # heartbeats: every agent was seen after it started, and all stopped cleanly
-    rows = _db_rows(db, "SELECT agent_id, liveness, last_seen > started_at FROM agent_liveness")
+    rows = db_rows(db, "SELECT agent_id, liveness, last_seen > started_at FROM agent_liveness")
     assert all(r[1] == "stopped" and r[2] for r in rows), rows
     pids = json.loads((data / "up.pids").read_text())
     assert set(pids) >= {"materializer", "nats-server", "researcher-0", "analyst-3"}
-    assert not [n for n, pid in pids.items() if _alive(pid)]
+    assert not [n for n, pid in pids.items() if pid_alive(pid)]
     # a second `hive up` on the same directory continues from the log
-    (before,), = _db_rows(db, "SELECT count(*) FROM experiments")
-    (seq_before,), = _db_rows(db, "SELECT last_seq FROM checkpoint")
+    (before,), = db_rows(db, "SELECT count(*) FROM experiments")
+    (seq_before,), = db_rows(db, "SELECT last_seq FROM checkpoint")
     out = run_hive("up", "--agents", "1", "--types", "researcher", "--task", "branin/1", "--duration", "6",
                    "--port", "0", "--http-port", "0", "--no-distill", "--data", str(data), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    (after,), = _db_rows(db, "SELECT count(*) FROM experiments")
-    (seq_after,), = _db_rows(db, "SELECT last_seq FROM checkpoint")
+    (after,), = db_rows(db, "SELECT count(*) FROM experiments")
+    (seq_after,), = db_rows(db, "SELECT last_seq FROM checkpoint")
     assert after > before and seq_after > seq_before
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,29 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 import streams
 from streams import _auth as auth
 
-from .conftest import CHILD_ENV
-
-
-def _db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from .conftest import CHILD_ENV, db_rows, pid_alive
 
 
 async def _refused(url: str, **opts: Any) -> str:
@@ -130,15 +112,15 @@ async def test_hive_up_secure_locks_the_server_and_runs_the_swarm(tmp_path: Path
     pools = {t: {c.agent_id for c in auth.load_pool(creds / f"agents-{t}.json")} for t in
              ("researcher", "deployer", "analyst")}  # fmt: skip
     db = data / "hive.duckdb"
-    agents = dict(_db_rows(db, "SELECT agent_id, agent_type FROM agents"))
+    agents = dict(db_rows(db, "SELECT agent_id, agent_type FROM agents"))
     assert len(agents) == 4  # --agents 4 over researcher, deployer, analyst (round-robin)
     assert all(a in pools[t] for a, t in agents.items()), agents
-    traced = {r[0] for r in _db_rows(db, "SELECT DISTINCT agent_id FROM experiments")}
+    traced = {r[0] for r in db_rows(db, "SELECT DISTINCT agent_id FROM experiments")}
     assert len(traced) == 2 and traced <= pools["researcher"], traced
-    assert _db_rows(db, "SELECT count(*) FROM deployments")[0][0] > 0
-    assert _db_rows(db, "SELECT count(*) FROM dead_letters")[0][0] == 0
+    assert db_rows(db, "SELECT count(*) FROM deployments")[0][0] > 0
+    assert db_rows(db, "SELECT count(*) FROM dead_letters")[0][0] == 0
     pids = json.loads((data / "up.pids").read_text())
-    assert not [n for n, pid in pids.items() if _alive(pid)]
+    assert not [n for n, pid in pids.items() if pid_alive(pid)]
 
     # a second run reuses the credentials and the signing key (no new passwords)
     before = {n: (creds / n).read_bytes() for n in ("admin.json", "auth.conf", "distiller.key")}

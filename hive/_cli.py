@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -24,9 +23,6 @@ from ._store import DatabaseLocked, connect_db, snapshot_path_for
 T = TypeVar("T")
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
-
-def _default_url() -> str:
-    return os.environ.get("HIVE_NATS_URL", streams.DEFAULT_URL)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -143,7 +139,7 @@ def server(port: int, store_dir: str, http_port: int, durability: str, host: str
 
 
 @cli.command()
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option(
     "--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file (created if absent)."
 )
@@ -173,7 +169,7 @@ def materialize(url: str, db: str, batch: int, snapshot: str | None, snapshot_ev
 
 
 @cli.command()
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option("--skip-invalid", is_flag=True, help="Publish the valid lines even if some are invalid.")
 @click.argument("file", type=click.File("rb"))
 def publish(url: str, skip_invalid: bool, file: Any) -> None:
@@ -258,7 +254,7 @@ def query(url: str | None, db: str | None, fmt: str, timeout: float, max_rows: i
     else:
 
         async def go() -> QueryResult:
-            nc = await _connect_once(url or _default_url(), "hive-query")
+            nc = await _connect_once(url or streams.default_url(), "hive-query")
             try:
                 return await remote_query(nc, sql, timeout_s=timeout, max_rows=max_rows)
             finally:
@@ -292,7 +288,7 @@ def _query_file(db: str, sql: str, max_rows: int) -> QueryResult:
 
 
 @cli.command()
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option(
     "--monitor",
     default=None,
@@ -342,7 +338,7 @@ def status(url: str, monitor: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--nats", "url", default=_default_url, help=NATS_HELP)
+@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
 @click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="DuckDB file to rebuild.")
 def rebuild(url: str, db: str) -> None:
     """Replay the whole log from sequence 1 into a new file, then swap it in for DB.

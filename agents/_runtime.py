@@ -175,7 +175,7 @@ class AgentRuntime:
             while True:
                 try:
                     batch = await reader.fetch(500, timeout=0.5)
-                except (streams.ConsumerLost, Exception) as e:  # re-create the consumer and go on
+                except Exception as e:  # ConsumerLost or a connection error: re-create the consumer and go on
                     log.warning("log_reader_reset", error=str(e))
                     await asyncio.sleep(0.5)
                     with contextlib.suppress(Exception):

@@ -132,6 +132,11 @@ def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Score
     return Scores(loss, rate, learned_rate)
 
 
+def event_eval(candidate: Scores, champion: Scores | None) -> dict[str, float]:
+    """The ``eval`` field of ModelPublished/ModelRejected: the candidate's figures and the champion's."""
+    return {**candidate.as_metrics(), **(champion.as_metrics("champion_") if champion else {})}
+
+
 def gate(candidate: Scores, champion: Scores | None) -> tuple[bool, str]:
     """Promote or not, and why (see the module docstring)."""
     if not math.isfinite(candidate.loss):
@@ -320,8 +325,7 @@ class Distiller:
         self, model: Policy, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]
     ) -> None:
         cand, champ = scores
-        versions = await self.store.versions(self.cfg.name)
-        version = max([self.champion_version, *versions]) + 1
+        version = await self._next_version()
         current = await self.store.read_pointer(self.cfg.name)
         serial = (current[0].pointer.serial + 1) if current else 1
         meta = orjson.dumps(
@@ -345,7 +349,7 @@ class Distiller:
         )
         weights = model.to_bytes()
         files = await self.store.put_version(self.cfg.name, version, weights, meta)
-        eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
+        eval_ = event_eval(cand, champ)
         pointer = streams.ModelPointer(
             name=self.cfg.name,
             serial=serial,
@@ -378,10 +382,14 @@ class Distiller:
         report.update(decision="published", version=version)
         log.info("model_published", version=version, mode=mode, dataset_size=ds.size, **cand.as_metrics())
 
+    async def _next_version(self) -> int:
+        """The number a new candidate gets: one past the champion and every stored version."""
+        return max([self.champion_version, *(await self.store.versions(self.cfg.name))]) + 1
+
     async def _reject(self, ds: Dataset, scores: Any, report: dict[str, Any]) -> None:
         cand, champ = scores
-        candidate = max([self.champion_version, *(await self.store.versions(self.cfg.name))]) + 1
-        eval_ = {**cand.as_metrics(), **(champ.as_metrics("champion_") if champ else {})}
+        candidate = await self._next_version()
+        eval_ = event_eval(cand, champ)
         await self.publisher.publish(
             streams.ModelRejected(
                 event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{ds.through_seq}",

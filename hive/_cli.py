@@ -16,6 +16,7 @@ import orjson
 import streams
 
 from ._logging import configure_logging
+from ._oneshot import connect_once
 from ._output import FORMATS, render
 from ._query import QueryError, QueryResult, remote_query, run_read_only
 from ._store import DatabaseLocked, connect_db, snapshot_path_for
@@ -33,18 +34,6 @@ def _run(coro: Awaitable[T]) -> T:
         raise click.ClickException(str(e)) from None
     except (ConnectionRefusedError, OSError) as e:
         raise click.ClickException(f"cannot reach NATS: {e}") from None
-
-
-async def _connect_once(url: str, name: str) -> Any:
-    """Connect for a one-shot command: fail fast with a clear message when NATS is not there."""
-    import nats.errors
-
-    try:
-        return await streams.connect(
-            url, name=name, max_reconnect_attempts=1, connect_timeout=3, allow_reconnect=False
-        )
-    except (nats.errors.NoServersError, OSError, TimeoutError) as e:
-        raise click.ClickException(f"cannot connect to NATS at {url}: {e or type(e).__name__}") from None
 
 
 async def _until_signal(task_factory: Callable[[], Awaitable[Any]], on_stop: Callable[[], None]) -> Any:
@@ -194,7 +183,7 @@ def publish(url: str, skip_invalid: bool, file: Any) -> None:
         raise click.ClickException(f"{len(errors)} invalid line(s); nothing published (use --skip-invalid)")
 
     async def go() -> tuple[int, int]:
-        nc = await _connect_once(url, "hive-publish")
+        nc = await connect_once(url, "hive-publish")
         try:
             js = nc.jetstream()
             await streams.ensure_stream(js)
@@ -254,7 +243,7 @@ def query(url: str | None, db: str | None, fmt: str, timeout: float, max_rows: i
     else:
 
         async def go() -> QueryResult:
-            nc = await _connect_once(url or streams.default_url(), "hive-query")
+            nc = await connect_once(url or streams.default_url(), "hive-query")
             try:
                 return await remote_query(nc, sql, timeout_s=timeout, max_rows=max_rows)
             finally:
@@ -304,7 +293,7 @@ def status(url: str, monitor: str | None, as_json: bool) -> None:
     monitor = monitor or f"http://{urlparse(url).hostname or '127.0.0.1'}:8222"
 
     async def go() -> dict[str, Any]:
-        nc = await _connect_once(url, "hive-status")
+        nc = await connect_once(url, "hive-status")
         try:
             return await gather_status(nc, monitor)
         finally:

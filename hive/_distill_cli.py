@@ -13,6 +13,8 @@ import orjson
 
 import streams
 
+from ._oneshot import connect_once
+
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
 
@@ -157,7 +159,7 @@ def model_list(url: str, name: str) -> None:
     from rich.table import Table
 
     async def go() -> tuple[list[int], Any, list[list[Any]]]:
-        nc = await streams.connect(url, max_reconnect_attempts=1, allow_reconnect=False)
+        nc = await connect_once(url, "hive-model")
         try:
             store = await streams.ModelStore(nc).open()
             current = await store.read_pointer(name)
@@ -215,7 +217,7 @@ def model_rollback(version: int, url: str, key: str, name: str) -> None:
     private = streams.load_private_key(key)
 
     async def go() -> streams.ModelPointer:
-        nc = await streams.connect(url, max_reconnect_attempts=1, allow_reconnect=False)
+        nc = await connect_once(url, "hive-model")
         try:
             store = await streams.ModelStore(nc).open()
             if version not in await store.versions(name):

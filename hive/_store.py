@@ -65,9 +65,7 @@ def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        con = connect_db(path)
-    except DatabaseLocked:
-        raise
+        con = connect_db(path)  # DatabaseLocked (not a duckdb.Error) propagates
     except duckdb.Error as e:
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
         log.warning("db_quarantined", path=str(path), moved_to=str(aside), error=str(e))

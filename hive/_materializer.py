@@ -84,6 +84,8 @@ class Materializer:
         self._stop = asyncio.Event()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._nc: Client | None = None
+        self.ready = asyncio.Event()
+        """Set once the query service is subscribed (and the server knows it) and ingest begins."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the batch in hand, commit, snapshot and return."""
@@ -104,6 +106,8 @@ class Materializer:
             if self.serve_queries:
                 await nc.subscribe(QUERY_SUBJECT, cb=self._on_query)
                 await nc.subscribe(STATUS_SUBJECT, cb=self._on_status)
+                await nc.flush()
+            self.ready.set()
             log.info("materializer_started", db=str(self.db_path), resume_from=self.stats.applied_seq + 1)
             await self._ingest(nc, writer)
         finally:

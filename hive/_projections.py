@@ -124,11 +124,14 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     _json(ev.recipe),
                     _json(ev.metrics),
                     ev.objective,
-                    ev.baseline_objective,
+                    ev.reference,
+                    None if ev.reference_recipe is None else _json(ev.reference_recipe),
+                    ev.reference_objective,
                     ev.cost_s,
                     ev.status,
                     ev.error,
                     ev.success,
+                    ev.proposer,
                     ev.occurred_at,
                 )
             )

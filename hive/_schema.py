@@ -3,7 +3,8 @@
 Table and view names are part of the interface (users query them): ``experiments``
 (finished runs), ``experiment_starts``,
 ``deployments``, ``guidance``, ``agents``, ``models``, ``dead_letters``, ``checkpoint``; views
-``experiment_status``, ``best_per_task``, ``success_by_model``, ``agent_liveness``.
+``experiment_status``, ``best_per_task``, ``success_by_model``, ``deployment_success``,
+``agent_liveness``.
 
 Migrations are append-only: each entry is applied once, in order, and recorded in
 ``schema_migrations``. Never edit a shipped migration; add a new one.
@@ -72,11 +73,14 @@ ARROW: dict[str, pa.Schema] = {
             ("recipe", pa.string()),
             ("metrics", pa.string()),
             ("objective", pa.float64()),
-            ("baseline_objective", pa.float64()),
+            ("reference", pa.string()),
+            ("reference_recipe", pa.string()),
+            ("reference_objective", pa.float64()),
             ("cost_s", pa.float64()),
             ("status", pa.string()),
             ("error", pa.string()),
             ("success", pa.bool_()),
+            ("proposer", pa.string()),
             ("occurred_at", TS),
         ]
     ),
@@ -215,8 +219,25 @@ SELECT agent_id, agent_type, task, state, model_version, experiments, started_at
 FROM agents;
 """
 
+_V2 = """
+ALTER TABLE deployments RENAME COLUMN baseline_objective TO reference_objective;
+ALTER TABLE deployments ADD COLUMN reference VARCHAR;
+ALTER TABLE deployments ADD COLUMN reference_recipe JSON;
+ALTER TABLE deployments ADD COLUMN proposer VARCHAR;
+UPDATE deployments SET reference = 'baseline',
+    proposer = CASE WHEN model_version > 0 THEN 'model' ELSE 'best-known' END;
+CREATE VIEW deployment_success AS
+SELECT model_version, reference, count(*) AS deployments, count(*) FILTER (WHERE success) AS successes,
+       avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS success_rate,
+       avg(reference_objective - objective) AS mean_gain
+FROM deployments WHERE status = 'ok'
+GROUP BY model_version, reference ORDER BY reference, model_version;
+"""
+"""DeploymentFinished v2: a deployment names its reference (incumbent or baseline) and proposer."""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: traces, agents, models, dead letters, views", _V1),
+    (2, "deployments: reference (incumbent/baseline), reference recipe and objective, proposer", _V2),
 ]
 """``(version, description, sql)``: applied in order, each once."""
 

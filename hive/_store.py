@@ -125,7 +125,7 @@ def apply_batch(cur: duckdb.DuckDBPyConnection, messages: list[LogEntry]) -> Row
             if table == "agents":
                 cur.execute(_AGENTS_UPSERT)
             else:
-                cur.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {view}")
+                cur.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM {view}")
             cur.unregister(view)
         cur.execute("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", [STREAM, rows.last_seq])
         failpoint("before_commit")

@@ -49,6 +49,17 @@ def _experiment_finished_v1(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+@upcaster("DeploymentFinished", 1)
+def _deployment_finished_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """v1 always measured against the task's baseline and had no proposer field."""
+    d = dict(d)
+    d["reference"] = "baseline"
+    d["reference_objective"] = d.pop("baseline_objective", None)
+    d["proposer"] = "model" if d.get("model_version") else "best-known"
+    d["schema_version"] = 2
+    return d
+
+
 def encode(event: Event) -> bytes:
     """Serialize an event to its wire form (compact UTF-8 JSON)."""
     return event.__pydantic_serializer__.to_json(event)

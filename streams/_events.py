@@ -110,19 +110,31 @@ class ExperimentFinished(TraceEvent):
 
 
 class DeploymentFinished(TraceEvent):
-    """A one-shot use of the shared model (or the current best recipe) on a new task instance."""
+    """A one-shot use of the shared model on a new task instance, measured against a reference.
+
+    The reference is what the swarm would deploy without this proposal: the family's incumbent
+    (its best-known recipe, ``reference="incumbent"``) or, while none is known, the task's
+    baseline (``"baseline"``). Both run on the same instance with the same seed;
+    ``success`` says whether the proposal beat the reference by more than the noise floor.
+    ``proposer`` is ``"model"`` (the shared model) or ``"mutation"`` (no model yet).
+
+    v1 had ``baseline_objective`` (always against the task's baseline) and no reference fields.
+    """
 
     kind: Literal["DeploymentFinished"] = "DeploymentFinished"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     run_id: Name
     recipe: Recipe
     metrics: Metrics = Field(default_factory=dict)
     objective: float | None = None
-    baseline_objective: float | None = None
+    reference: Literal["incumbent", "baseline"] = "baseline"
+    reference_recipe: Recipe | None = None
+    reference_objective: float | None = None
     cost_s: float = Field(ge=0, le=1e9)
     status: Status
     error: Text | None = None
     success: bool | None = None
+    proposer: Annotated[str, StringConstraints(max_length=32)] = "model"
 
 
 class GuidancePublished(TraceEvent):

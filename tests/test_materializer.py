@@ -25,7 +25,7 @@ async def running(url: str, db: Path, **kw: Any) -> Any:
     m = Materializer(url, db, snapshot_every_s=0.2, **kw)
     task = asyncio.create_task(m.run())
     try:
-        await wait_for(lambda: m._con is not None, what="materializer start")
+        await wait_for(m.ready.is_set, what="materializer start")
         yield m
     finally:
         m.stop()

@@ -1,4 +1,4 @@
-"""The deployer: one-shot use of the shared model (or the best known recipe) on new instances."""
+"""The deployer: one-shot use of the shared model on new instances, measured against the incumbent."""
 
 from __future__ import annotations
 
@@ -23,13 +23,23 @@ NEW_INSTANCE_BASE = 100_000
 
 
 class Deployer(Agent):
-    """Active agent: take a new task instance, get one recipe (shared model, else the best
-    recipe known for the family), run it and the baseline with the same seed, and publish
-    ``DeploymentFinished`` with the outcome against the baseline."""
+    """Active agent: take a new task instance, propose one recipe for it, and measure it against
+    what the swarm would deploy without the proposal.
+
+    The reference is the family's *incumbent*: the best-known recipe of the researched instance
+    with the largest gain over its baseline (in noise-floor units); while none is known, the
+    task's baseline. The proposal comes from the shared model when one is loaded (sampled at
+    :attr:`temperature`), else from a mutation of the reference (the researchers' heuristic).
+    Proposal and reference run on the same instance with the same seed; ``success`` means the
+    proposal beat the reference by more than the family's noise floor. Successful deployments are
+    training data for the next model, so each generation learns what beats the incumbent on
+    instances nobody researched (ReST-EM on held-out instances).
+    """
 
     type_name: ClassVar[str] = "deployer"
-    temperature: ClassVar[float] = 0.3
-    """Sampling temperature of one-shot model proposals (low: the policy's most likely recipe)."""
+    temperature: ClassVar[float] = 1.0
+    """Sampling temperature of model proposals: 1.0 samples the policy as trained (what ReST-EM
+    filters); lower values concentrate on its mode, which measured worse against the incumbent."""
 
     async def setup(self) -> None:
         """Resolve the task family from ``--task``."""
@@ -46,21 +56,28 @@ class Deployer(Agent):
             return self.template
         return load_task(f"{self.family}/{NEW_INSTANCE_BASE + self.offset + self.runs}")
 
-    def one_shot(self, task: Task) -> tuple[BaseModel, str]:
-        """The recipe to deploy: from the model if loaded, else the family's best-known recipe."""
-        if self.policy is not None:
-            return self.policy.propose(task, None, None, [], self.rng, temperature=self.temperature), "model"
+    def incumbent(self) -> dict[str, Any] | None:
+        """The family's best-known recipe: the researched instance whose best beat its baseline
+        by the most noise floors (None until one has a noise floor)."""
         best: tuple[float, dict[str, Any]] | None = None
         for ref, tv in self.view.tasks.items():
-            if ref.split("/", 1)[0] != self.family or tv.best_recipe is None or tv.baseline_mean is None:
+            if ref.split("/", 1)[0] != self.family or tv.best_recipe is None or tv.noise_floor is None:
                 continue
-            gain = tv.baseline_mean - (tv.best_objective or tv.baseline_mean)
-            scale = tv.noise_floor or 1.0
-            if best is None or gain / scale > best[0]:
-                best = (gain / scale, tv.best_recipe)
-        if best is not None:
-            return task.validate_recipe(best[1]), "best-known"
-        return task.baseline(), "baseline"
+            gain = (tv.baseline_mean or 0.0) - (tv.best_objective or 0.0)
+            score = gain / max(tv.noise_floor, 1e-12)
+            if best is None or score > best[0]:
+                best = (score, tv.best_recipe)
+        return None if best is None else best[1]
+
+    def plan(self, task: Task) -> tuple[BaseModel, str, BaseModel, str]:
+        """``(proposal, proposer, reference, reference kind)`` for one deployment on ``task``."""
+        known = self.incumbent()
+        reference = task.validate_recipe(known) if known is not None else task.baseline()
+        kind = "incumbent" if known is not None else "baseline"
+        if self.policy is not None:
+            recipe = self.policy.propose(task, None, None, [], self.rng, temperature=self.temperature)
+            return recipe, "model", reference, kind
+        return task.mutate(reference, self.rng), "mutation", reference, kind
 
     def family_noise(self) -> float | None:
         """Median noise floor over the family's instances (a new instance has none of its own)."""
@@ -75,30 +92,28 @@ class Deployer(Agent):
         """Deploy once on a new instance."""
         self.runs += 1
         task = self.new_instance()
-        recipe, source = await self.in_thread(self.one_shot, task)
+        recipe, proposer, reference, kind = await self.in_thread(self.plan, task)
         seed = self.rng.randrange(2**31 - 1)
         version = self.model_version
         budget = task.default_budget
-        self.state = f"deploying on {task.ref} ({source})"
+        self.state = f"deploying on {task.ref} ({proposer} vs {kind})"
         t0 = time.perf_counter()
-        status, error, metrics, objective, base_obj = "ok", None, {}, None, None
+        status, error, metrics, objective, ref_obj = "ok", None, {}, None, None
         try:
             metrics = await asyncio.wait_for(self.in_thread(task.run, recipe, seed, budget), task.deadline_s)
             objective = task.objective(metrics)
-            base_metrics = await asyncio.wait_for(
-                self.in_thread(task.run, task.baseline(), seed, budget), task.deadline_s
+            ref_metrics = await asyncio.wait_for(
+                self.in_thread(task.run, reference, seed, budget), task.deadline_s
             )
-            base_obj = task.objective(base_metrics)
+            ref_obj = task.objective(ref_metrics)
         except TaskFailed as e:
             status, error = "failed", e.reason[:4000]
         except TimeoutError:
             status, error = "timeout", f"no result within {task.deadline_s:g}s"
         sigma = self.family_noise()
         success = None
-        if objective is not None and base_obj is not None:
-            success = (
-                objective < base_obj - NOISE_SIGMAS * sigma if sigma is not None else objective < base_obj
-            )
+        if objective is not None and ref_obj is not None:
+            success = objective < ref_obj - NOISE_SIGMAS * sigma if sigma is not None else objective < ref_obj
         elif status != "ok":
             success = False
         await self.publish(
@@ -111,11 +126,14 @@ class Deployer(Agent):
                 recipe=recipe.model_dump(),
                 metrics={k: float(v) for k, v in metrics.items()},
                 objective=objective,
-                baseline_objective=base_obj,
+                reference=kind,
+                reference_recipe=reference.model_dump(),
+                reference_objective=ref_obj,
                 cost_s=time.perf_counter() - t0,
                 status=status,
                 error=error,
                 success=success,
+                proposer=proposer,
             )
         )
         self.experiments += 1

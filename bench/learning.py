@@ -1,141 +1,104 @@
-"""Does the hive learn? Success rate of proposals on held-out instances, generation 0 vs 1.
+"""Does the hive learn? Deployment success on held-out instances, generation 0 vs >= 1.
 
-One run: researchers search training instances (``<family>/0..3``) without a model and fill the
-log; the distiller trains generation 1 on their successful traces; then fresh researchers start
-on held-out instances (never in the training data) twice — without the model (generation 0:
-mutation/prior proposals) and with generation 1 — for the same number of experiments each. A
-success is an improvement on the parent beyond the noise floor of replicated baselines (the
-researcher's own judgement, published in its traces). Prints the two rates and the margin.
+Each run is one ``hive up`` on a synthetic family (a researcher on ``<family>/0`` finds the
+incumbent, deployers take a new, never-researched instance per deployment, the distiller trains
+a generation every ``--distill-every`` new successful traces). After the run, the deployments
+are grouped by the model version that proposed them (:mod:`hive._learning`): the margin is the
+success rate against the incumbent of generations >= 1 minus generation 0's.
 
-usage: python bench/learning.py [--family branin] [--seeds 3] [--train-s 30] [--eval-experiments 60]
+usage: python bench/learning.py [--runs 3] [--duration 150] [--family hartmann6] [--distill-every 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
-import structlog
+import duckdb
 
-import streams
-from agents import AgentRuntime, load_agent_type
-from agents._policy import make_model_watcher
-from distill._service import DistillConfig, Distiller
+from hive._learning import generations
 
 
-async def run_researchers(
-    url: str,
-    tasks: list[str],
-    *,
-    seconds: float | None,
-    prefix: str,
-    pubkey: str | None,
-    until_experiments: int | None = None,
-) -> AgentRuntime:
-    """Researchers (one per task) for a while; with ``pubkey`` they use the published model."""
-    rt = AgentRuntime(url, model_watcher=make_model_watcher(pubkey) if pubkey else None)
-    cls = load_agent_type("researcher")
-    run = asyncio.create_task(rt.run([(cls, f"{prefix}-{i}", t) for i, t in enumerate(tasks)]))
-    if pubkey:
-        while rt.slot.version == 0:  # wait for the model before counting
-            await asyncio.sleep(0.2)
-    if until_experiments is not None:
-        while sum(rt.view.task(t).experiments for t in tasks) < until_experiments and not run.done():
-            await asyncio.sleep(0.2)
-    else:
-        await asyncio.sleep(seconds or 0)
-    rt.stop()
-    await run
-    return rt
-
-
-async def one_seed(seed: int, family: str, train_s: float, n_eval: int) -> dict[str, Any]:
-    """One full run; returns success counts of both generations on held-out instances."""
-    with tempfile.TemporaryDirectory() as d, streams.EmbeddedServer(http_port=None) as srv:
-        priv, pub = streams.generate_keys(d + "/keys")
-        mat = subprocess.Popen(
-            [sys.executable, "-m", "hive", "materialize", "--nats", srv.url, "--db", d + "/h.duckdb"],
-            env={**os.environ, "HIVE_LOG_LEVEL": "warning"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            train_tasks = [f"{family}/{i}" for i in range(4)]
-            await run_researchers(srv.url, train_tasks, seconds=train_s, prefix=f"train{seed}", pubkey=None)
-            await asyncio.sleep(2)
-            d_cfg = DistillConfig(nats_url=srv.url, key_path=str(priv), once=True, seed=seed, modes=("base",))
-            (report,) = await Distiller(d_cfg).run()
-            held_0 = [f"{family}/{1000 + 10 * seed + i}" for i in range(2)]
-            held_1 = [f"{family}/{2000 + 10 * seed + i}" for i in range(2)]
-            await run_researchers(
-                srv.url, held_0, seconds=None, prefix=f"gen0-{seed}", pubkey=None, until_experiments=n_eval
-            )
-            await run_researchers(
-                srv.url,
-                held_1,
-                seconds=None,
-                prefix=f"gen1-{seed}",
-                pubkey=str(pub),
-                until_experiments=n_eval,
-            )
-            await asyncio.sleep(3)
-            nc = await streams.connect(srv.url)
-            res = await streams.remote_query(
-                nc,
-                "SELECT model_version, count(*) FILTER (WHERE success IS NOT NULL), "
-                "count(*) FILTER (WHERE success) FROM experiments "
-                "WHERE agent_id LIKE 'gen%' AND proposer <> 'baseline' GROUP BY 1 ORDER BY 1",
-            )
-            await nc.close()
-        finally:
-            mat.terminate()
-            mat.wait(30)
-    rows = {r[0]: (r[1], r[2]) for r in res.rows}
-    g0, g1 = rows.get(0, (0, 0)), rows.get(1, (0, 0))
+def one_run(i: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """One ``hive up`` run; returns the generation summary and the models it published."""
+    data = root / f"run-{i}"
+    cmd = [
+        sys.executable, "-m", "hive", "up", "--agents", str(len(args.types.split(","))),
+        "--types", args.types, "--task", f"{args.family}/0", "--duration", str(args.duration),
+        "--distill-every", str(args.distill_every), "--data", str(data), "--port", "0", "--http-port", "0",
+    ]
+    t0 = time.perf_counter()
+    with open(root / f"run-{i}.log", "wb") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=args.duration + 180)
+    con = duckdb.connect(str(data / "hive.duckdb"), read_only=True)
+    try:
+        gens = generations(con)
+        models = con.execute(
+            "SELECT version, decision, dataset_size, round(epoch(occurred_at) - epoch(min(occurred_at) "
+            "OVER ()), 1) FROM models ORDER BY seq"
+        ).fetchall()
+        first = con.execute("SELECT epoch(min(occurred_at)) FROM deployments").fetchone()
+        t_model = con.execute(
+            "SELECT epoch(min(occurred_at)) FROM models WHERE decision = 'published'"
+        ).fetchone()
+    finally:
+        con.close()
+    first_model_s = (
+        round(t_model[0] - first[0], 1) if t_model and first and t_model[0] and first[0] else None
+    )
     return {
-        "seed": seed,
-        "distill": report.get("decision"),
-        "examples": report.get("examples"),
-        "gen0_judged": g0[0],
-        "gen0_success": g0[1],
-        "gen1_judged": g1[0],
-        "gen1_success": g1[1],
-        "gen0_rate": round(g0[1] / max(1, g0[0]), 3),
-        "gen1_rate": round(g1[1] / max(1, g1[0]), 3),
+        "run": i,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "first_model_after_s": first_model_s,
+        "models": [list(m) for m in models],
+        **gens.summary(),
     }
 
 
-async def main() -> None:
-    """Run the seeds and print JSON plus a human line."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--family", default="branin")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--train-s", type=float, default=30.0)
-    ap.add_argument("--eval-experiments", type=int, default=60)
+def main() -> None:
+    """Run ``hive up`` ``--runs`` times and print JSON plus a human line per run."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=150.0)
+    ap.add_argument("--family", default="hartmann6")
+    ap.add_argument("--types", default="researcher,deployer,deployer")
+    ap.add_argument("--distill-every", type=int, default=100)
+    ap.add_argument("--keep", type=Path, default=None, help="keep each run's data under this folder")
     args = ap.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    runs = [await one_seed(s, args.family, args.train_s, args.eval_experiments) for s in range(args.seeds)]
-    margins = [r["gen1_rate"] - r["gen0_rate"] for r in runs]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        runs = [one_run(i, args, root) for i in range(args.runs)]
+    margins = [r["margin"] for r in runs if r["margin"] is not None]
     out = {
         "family": args.family,
+        "duration_s": args.duration,
+        "types": args.types,
+        "distill_every": args.distill_every,
         "runs": runs,
-        "margin_mean": round(sum(margins) / len(margins), 3),
-        "margins": [round(m, 3) for m in margins],
+        "margins": margins,
+        "margin_mean": round(statistics.fmean(margins), 4) if margins else None,
+        "margin_min": min(margins) if margins else None,
     }
     print(json.dumps(out, indent=2))
     for r in runs:
+        g0, g1 = r["gen0"], r["gen1_plus"]
         print(
-            f"seed {r['seed']}: gen0 {r['gen0_success']}/{r['gen0_judged']} = {r['gen0_rate']}, "
-            f"gen1 {r['gen1_success']}/{r['gen1_judged']} = {r['gen1_rate']}",
+            f"run {r['run']}: generation 0 {g0['successes']}/{g0['deployments']} = {g0['rate']}, "
+            f"generations >= 1 {g1['successes']}/{g1['deployments']} = {g1['rate']}, "
+            f"margin {r['margin']} (z {r['z']}), first model after {r['first_model_after_s']} s",
             file=sys.stderr,
         )
+    n = len(margins)
+    print(f"mean margin {out['margin_mean']} over {n} runs (min {out['margin_min']})", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

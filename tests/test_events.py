@@ -74,6 +74,18 @@ def test_old_version_is_upcast_on_read() -> None:
     assert isinstance(ev, ExperimentFinished) and ev.schema_version == 2 and ev.cost_s == 0.01
 
 
+def test_deployment_v1_is_read_as_measured_against_the_baseline() -> None:
+    """A DeploymentFinished v1 (``baseline_objective``) is read as v2 with reference ``baseline``."""
+    d = orjson.loads(encode(streams.example("DeploymentFinished")))
+    for key in ("reference", "reference_recipe", "reference_objective", "proposer"):
+        d.pop(key)
+    d.update(schema_version=1, baseline_objective=3.1, model_version=0)
+    ev = decode(orjson.dumps(d))
+    assert isinstance(ev, streams.DeploymentFinished) and ev.schema_version == 2
+    assert (ev.reference, ev.reference_objective, ev.reference_recipe) == ("baseline", 3.1, None)
+    assert ev.proposer == "best-known"
+
+
 def test_unknown_version_and_kind_have_clear_reasons() -> None:
     """Unknown versions and kinds are refused with a reason naming them."""
     d = orjson.loads(encode(finished(3)))

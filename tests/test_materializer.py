@@ -15,7 +15,7 @@ import pytest
 import streams
 from hive import Materializer, QueryError, rebuild, remote_query, snapshot_path_for
 
-from .conftest import run_hive, wait_for
+from .conftest import db_rows, run_hive, wait_for
 from .spine_helpers import checkpoint, digest, finished
 
 
@@ -218,3 +218,45 @@ async def test_unreadable_database_is_quarantined_and_rebuilt_from_the_log(
         assert await count(nc, "SELECT count(*) FROM experiments") == 30
     aside = list(tmp_path.glob("broken.duckdb.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a duckdb file")
+
+
+async def test_a_v1_database_is_migrated_in_place_and_keeps_its_deployments(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
+    """A database written at schema v1 is migrated when opened: its deployments read as measured
+    against the baseline, and v2 deployments (with a reference) land beside them."""
+    from hive._schema import _V1, SCHEMA_VERSION
+
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description VARCHAR, "
+        "applied_at TIMESTAMPTZ DEFAULT now())"
+    )
+    for stmt in con.extract_statements(_V1):
+        con.execute(stmt)
+    con.execute("INSERT INTO schema_migrations (version, description) VALUES (1, 'v1')")
+    con.execute(
+        "INSERT INTO deployments (event_id, seq, agent_id, agent_type, task, model_version, objective, "
+        "baseline_objective, status, success) VALUES ('d-0/old', 1, 'd-0', 'deployer', 'branin/7', 0, "
+        "0.5, 3.1, 'ok', true)"
+    )
+    con.close()
+    new = streams.example("DeploymentFinished")
+    async with running(nats_server.url, db) as m:
+        await streams.Publisher(nc.jetstream()).publish(new)
+        await wait_for(lambda: m.stats.applied_seq >= 1, what="the v2 deployment")
+    rows = db_rows(
+        db,
+        "SELECT event_id, reference, reference_objective, reference_recipe IS NOT NULL, proposer "
+        "FROM deployments ORDER BY event_id",
+    )
+    assert rows == [
+        ("d-0/old", "baseline", 3.1, False, "best-known"),
+        (new.event_id, "incumbent", new.reference_objective, True, "model"),
+    ]
+    assert db_rows(db, "SELECT max(version) FROM schema_migrations") == [(SCHEMA_VERSION,)]
+    assert db_rows(db, "SELECT reference, deployments FROM deployment_success ORDER BY 1") == [
+        ("baseline", 1),
+        ("incumbent", 1),
+    ]

@@ -62,6 +62,10 @@ class UpConfig:
     distill: bool = True
     distill_every_traces: int = 200
     extra_agent_args: list[str] = field(default_factory=list)
+    agent_nice: int = 10
+    """Scheduling niceness added to agent processes: on a shared machine the agents' fast
+    synthetic tasks would otherwise starve the materializer and the distiller, and a generation
+    that takes minutes instead of seconds is what slows the hive's learning down."""
     secure: bool = False
     """Auth on: per-role credentials in ``<data>/credentials``, an embedded server that requires them."""
 
@@ -75,6 +79,17 @@ _CREDENTIAL_ENV = (
     "HIVE_NATS_TLS_CA",
 )
 """Login settings a ``--secure`` child must not inherit from the supervisor's environment."""
+
+
+def _lower_priority(nice: int) -> None:
+    """Run in a child before exec: add ``nice``, also to its session's autogroup.
+
+    Each child starts its own session (``start_new_session``), and with Linux's autogroup
+    scheduling a plain ``nice`` only ranks processes inside one session; the autogroup's own
+    nice value is what ranks sessions against each other."""
+    os.nice(nice)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(str(nice))
 
 
 def credentials_dir(data_dir: Path) -> Path:
@@ -113,7 +128,7 @@ class Swarm:
         """Ask the swarm to stop (agents first, then the distiller, materializer and server)."""
         self._stop.set()
 
-    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None, nice: int = 0) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
         base = dict(os.environ)
@@ -128,6 +143,7 @@ class Swarm:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops the children
+            preexec_fn=(lambda: _lower_priority(nice)) if nice else None,  # the supervisor is single-threaded
         )
         out.close()
         self._write_pids()
@@ -278,6 +294,7 @@ class Swarm:
                     str(keys[1]),
                     *cfg.extra_agent_args,
                     env=self._role_env("agent", agent_type),
+                    nice=cfg.agent_nice,
                 )
             self.console.print(
                 f"[bold]hive up[/bold]: NATS {self.url}"

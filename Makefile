@@ -7,11 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: up test lint bench clean
 
 # A virtual environment with CPU torch (a local build on these machines; pinned so pip never
-# pulls a multi-GB CUDA build) and hive with its test tools.
+# pulls a multi-GB CUDA build) and hive with its test tools and the hf extra (so its tests run).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,hf]'
 	touch $(STAMP)
 
 ## The local swarm on the embedded NATS (state in ./hive-data; stops by itself after --duration).

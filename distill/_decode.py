@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -556,12 +556,22 @@ def propose(
         "mask_bounds": mask_bounds,
         "threads": threads,
     }
+    return propose_with(lambda n: sample_actions(model, prompt, space, n, **options), space, max_tries)
+
+
+def propose_with(
+    sample: Callable[[int], list[str]], space: type[BaseModel], max_tries: int = 5
+) -> tuple[BaseModel, ProposalStats]:
+    """:func:`propose`'s validation, resampling and fallback around any sampler of action texts.
+
+    ``sample(n)`` returns ``n`` decoded action texts; other backends (``distill._hf``) share this.
+    """
     t0 = time.perf_counter()
     errors: list[str] = []
-    texts = sample_actions(model, prompt, space, 1, **options)
+    texts = sample(1)
     checked = [_validate(texts[0], space)]
     if checked[0][0] is None and max_tries > 1:
-        more = sample_actions(model, prompt, space, max_tries - 1, **options)
+        more = sample(max_tries - 1)
         texts += more
         checked += [_validate(t, space) for t in more]
     for tries, (text, (recipe, err)) in enumerate(zip(texts, checked, strict=True), start=1):

@@ -30,6 +30,7 @@ import torch
 
 import streams
 
+from . import _hf
 from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
 from ._decode import valid_action_rate
 from ._train import evaluate, pick_device, train
@@ -79,6 +80,18 @@ class DistillConfig:
     modes: tuple[str, ...] = ("base", "continue")
     """Candidates to train: from the base weights (ReST-EM) and/or continuing the champion."""
     connect_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "byte"
+    """``byte``: the byte-level policy; ``hf``: a LoRA adapter on the local causal LM ``hf_model``."""
+    hf_model: str | None = None
+    """The hf backend's base model directory (also what an hf champion is scored with)."""
+    lora: _hf.LoraSettings = field(default_factory=_hf.LoraSettings)
+    """The adapter an hf candidate from the base gets (rank, alpha, dropout, target modules)."""
+    hf_lr: float = 1e-3
+    """Peak learning rate of the LoRA adapter (``lr`` is the byte policy's)."""
+
+
+Model = Policy | _hf.HFPolicy
+"""A champion or candidate of either backend."""
 
 
 def _space_for(task: str) -> Any:
@@ -110,9 +123,13 @@ class Scores:
         return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
-def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Scores:
-    """Held-out completion loss and first-try valid-action rate (per task space)."""
-    loss = evaluate(model, ds.heldout)["loss"] if ds.heldout else math.inf
+def score(model: Model, ds: Dataset, *, valid_samples: int, seed: int) -> Scores:
+    """Held-out completion loss (nats per completion byte, either backend) and first-try valid-action
+    rate (per task space)."""
+    hf = isinstance(model, _hf.HFPolicy)
+    loss_fn: Any = _hf.evaluate if hf else evaluate
+    rate_fn: Any = _hf.valid_action_rate if hf else valid_action_rate
+    loss = loss_fn(model, ds.heldout)["loss"] if ds.heldout else math.inf
     by_space: dict[Any, list[str]] = defaultdict(list)
     for prompt, _ in ds.heldout or ds.train[:32]:
         by_space[ds.spaces[prompt]].append(prompt)
@@ -120,10 +137,8 @@ def score(model: Policy, ds: Dataset, *, valid_samples: int, seed: int) -> Score
     gen = torch.Generator().manual_seed(seed)
     for space, prompts in by_space.items():
         unique = sorted(set(prompts))[:32]
-        rates.append(valid_action_rate(model, unique, space, valid_samples, generator=gen))
-        learned.append(
-            valid_action_rate(model, unique, space, valid_samples, generator=gen, mask_bounds=False)
-        )
+        rates.append(rate_fn(model, unique, space, valid_samples, generator=gen))
+        learned.append(rate_fn(model, unique, space, valid_samples, generator=gen, mask_bounds=False))
         weights.append(len(unique))
     total = max(1, sum(weights))
     rate = sum(r * w for r, w in zip(rates, weights, strict=True)) / total
@@ -157,11 +172,18 @@ class Distiller:
     """Runs generations against a live hive until stopped (or once)."""
 
     def __init__(self, cfg: DistillConfig) -> None:
+        if cfg.backend not in ("byte", "hf"):
+            raise ValueError(f"unknown backend {cfg.backend!r} (byte, hf)")
+        if cfg.backend == "hf":  # fail now, not at the first generation
+            _hf.require_extra()
+            if not cfg.hf_model:
+                raise _hf.BaseModelError("the hf backend needs its base model directory (--hf-model)")
+            _hf.base_fingerprint(cfg.hf_model)
         self.cfg = cfg
         self.key = streams.load_private_key(cfg.key_path)
         self.public_key = self.key.public_key()
         self._stop = asyncio.Event()
-        self.champion: Policy | None = None
+        self.champion: Model | None = None
         self.champion_version = 0
         self.last_through = 0
         self.generations: list[dict[str, Any]] = []
@@ -222,10 +244,21 @@ class Distiller:
         data = await self.store.fetch(
             pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256
         )
-        self.champion = Policy.from_bytes(data)
+        self.champion = self._model_from_bytes(data, pointer.version)
         self.champion_version = pointer.version
         self.last_through = pointer.trained_through_seq
         log.info("champion_loaded", version=pointer.version, trained_through_seq=pointer.trained_through_seq)
+
+    def _model_from_bytes(self, data: bytes, version: int) -> Model:
+        """A stored model of either backend (an hf adapter is loaded on ``hf_model``, its base)."""
+        if not _hf.is_adapter(data):
+            return Policy.from_bytes(data)
+        if not self.cfg.hf_model:
+            raise _hf.BaseModelError(
+                f"the champion (v{version}) is an hf adapter: give its base model (--hf-model) "
+                "so candidates can be judged against it"
+            )
+        return _hf.HFPolicy.from_bytes(self.cfg.hf_model, data)
 
     async def generation(self) -> dict[str, Any]:
         """One select → train → gate → publish cycle; returns its report."""
@@ -267,17 +300,25 @@ class Distiller:
         """CPU/GPU work, off the event loop: two candidates, the better one vs the champion."""
         device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
         steps, batch_size, model_cfg = resolve(self.cfg.steps, self.cfg.batch_size, self.cfg.model, device)
-        candidates: list[tuple[str, Policy, Any]] = []
-        modes = [m for m in self.cfg.modes if m == "base" or (m == "continue" and self.champion is not None)]
+        candidates: list[tuple[str, Model, Any]] = []
+        hf = self.cfg.backend == "hf"
+        # continuing needs a champion of this backend (an hf one is on this base: it loaded on it)
+        can_continue = self.champion is not None and isinstance(self.champion, _hf.HFPolicy) == hf
+        modes = [m for m in self.cfg.modes if m == "base" or (m == "continue" and can_continue)]
+        if isinstance(self.champion, _hf.HFPolicy):
+            self.champion.to(device)  # scored where the candidates are
         for mode in modes:
             torch.manual_seed(self.cfg.seed + len(self.generations))
+            if hf:
+                candidates.append((mode, *self._train_hf(mode, ds, device, steps, batch_size)))
+                continue
             if mode == "base":
-                model = Policy(PolicyConfig(**model_cfg))
+                net = Policy(PolicyConfig(**model_cfg))
             else:
                 assert self.champion is not None
-                model = Policy.from_bytes(self.champion.to_bytes())
+                net = Policy.from_bytes(self.champion.to_bytes())
             rep = train(
-                model,
+                net,
                 ds.train,
                 steps=steps,
                 batch_size=batch_size,
@@ -287,8 +328,7 @@ class Distiller:
                 compile=self.cfg.compile,
                 progress=self.cfg.progress,
             )
-            model = model.to("cpu").eval()
-            candidates.append((mode, model, rep))
+            candidates.append((mode, net.to("cpu").eval(), rep))
         scored = [
             (mode, m, rep, score(m, ds, valid_samples=self.cfg.valid_samples, seed=self.cfg.seed))
             for mode, m, rep in candidates
@@ -321,8 +361,31 @@ class Distiller:
         }
         return {"promote": promote, "model": model, "scores": (cand, champ), "mode": mode, "report": report}
 
+    def _train_hf(
+        self, mode: str, ds: Dataset, device: torch.device, steps: int, batch_size: int
+    ) -> tuple[_hf.HFPolicy, Any]:
+        """An hf candidate: a fresh adapter on the base model, or the champion's trained further."""
+        assert self.cfg.hf_model is not None
+        if mode == "base":
+            seed = self.cfg.seed + len(self.generations)
+            model = _hf.HFPolicy.create(self.cfg.hf_model, self.cfg.lora, seed=seed)
+        else:
+            assert self.champion is not None
+            model = _hf.HFPolicy.from_bytes(self.cfg.hf_model, self.champion.to_bytes())
+        rep = _hf.train(
+            model,
+            ds.train,
+            steps=steps,
+            batch_size=batch_size,
+            lr=self.cfg.hf_lr,
+            seed=self.cfg.seed,
+            device=device,
+            progress=self.cfg.progress,
+        )
+        return model, rep
+
     async def _publish(
-        self, model: Policy, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]
+        self, model: Model, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]
     ) -> None:
         cand, champ = scores
         version = await self._next_version()
@@ -334,7 +397,11 @@ class Distiller:
                 "version": version,
                 "parent": self.champion_version,
                 "mode": mode,
-                "config": orjson.loads(model.config.to_json()),
+                **(
+                    model.meta()  # backend "hf": its base model's name and fingerprint, the LoRA config
+                    if isinstance(model, _hf.HFPolicy)
+                    else {"backend": "byte", "config": orjson.loads(model.config.to_json())}
+                ),
                 "trained_through_seq": ds.through_seq,
                 "dataset_size": ds.size,
                 "train_examples": len(ds.train),

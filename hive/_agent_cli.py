@@ -57,6 +57,12 @@ def agent_list() -> None:
     type=click.Path(dir_okay=False),
     help="Pinned Ed25519 public key for model verification (env HIVE_MODEL_PUBKEY).",
 )
+@click.option(
+    "--hf-model",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Local base model for hf policies (the distiller's --hf-model; env HIVE_HF_MODEL).",
+)
 def agent_run(
     agent_type: str,
     url: str,
@@ -67,6 +73,7 @@ def agent_run(
     budget: float | None,
     use_model: bool,
     pubkey: str | None,
+    hf_model: str | None,
 ) -> None:
     """Run COUNT agents of AGENT_TYPE (a name from `hive agent list` or module:Class) until Ctrl-C."""
     from agents import AgentRuntime, load_agent_type, load_task
@@ -80,7 +87,14 @@ def agent_run(
     base = agent_id or f"{cls.type_name}-{socket.gethostname()[:20]}-{os.getpid()}"
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
     ids = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
-    watcher = _model_watcher(pubkey) if use_model else None
+    if hf_model:  # fail now rather than refuse every hf model later
+        from distill import _hf
+
+        try:
+            _hf.require_extra()
+        except _hf.MissingExtra as e:
+            raise click.BadParameter(str(e), param_hint="--hf-model") from None
+    watcher = _model_watcher(pubkey, hf_model) if use_model else None
     connect_opts: dict[str, Any] = {}
     keepers: list[Any] = []
     pool = os.environ.get(streams_auth.ENV_POOL)
@@ -116,10 +130,10 @@ def _identity_keeper(claim: Any) -> Any:
     return keep
 
 
-def _model_watcher(pubkey: str | None) -> Any:
+def _model_watcher(pubkey: str | None, hf_model: str | None = None) -> Any:
     """The distillation package's model watcher, if available (it is added by the distill issue)."""
     try:
         from agents._policy import make_model_watcher
     except ImportError:
         return None
-    return make_model_watcher(pubkey or os.environ.get("HIVE_MODEL_PUBKEY"))
+    return make_model_watcher(pubkey or os.environ.get("HIVE_MODEL_PUBKEY"), hf_model)

@@ -73,6 +73,29 @@ def _check_key(key: str) -> None:
     show_default=True,
     help="Candidates per generation: base (fresh weights, ReST-EM) and/or continue (from the champion).",
 )
+@click.option(
+    "--backend",
+    default="byte",
+    show_default=True,
+    type=click.Choice(["byte", "hf"]),
+    help="byte: the small byte-level policy; hf: a LoRA adapter on a local causal LM (the hf extra).",
+)
+@click.option(
+    "--hf-model",
+    default=lambda: os.environ.get("HIVE_HF_MODEL"),
+    show_default="env HIVE_HF_MODEL",
+    type=click.Path(file_okay=False),
+    help="Local base model directory (transformers save_pretrained, safetensors) for --backend hf.",
+)
+@click.option("--lora-r", default=8, show_default=True, type=click.IntRange(1, 1024), help="LoRA rank (hf).")
+@click.option(
+    "--lora-targets",
+    default=None,
+    help="Comma-separated module names to adapt (hf; default: peft's choice for the architecture).",
+)
+@click.option(
+    "--hf-lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="LoRA peak lr."
+)
 def distill(
     url: str,
     key: str,
@@ -86,9 +109,15 @@ def distill(
     progress: bool,
     model_json: str,
     modes: str,
+    backend: str,
+    hf_model: str | None,
+    lora_r: int,
+    lora_targets: str | None,
+    hf_lr: float,
 ) -> None:
     """Distil pooled successful traces into the shared model and push it to every agent."""
     _check_key(key)
+    from distill import _hf
     from distill._service import DistillConfig, Distiller
 
     try:
@@ -99,6 +128,9 @@ def distill(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or set(mode_list) - {"base", "continue"}:
         raise click.BadParameter("choose from base, continue", param_hint="--modes")
+    if backend == "hf" and not hf_model:
+        raise click.BadParameter("--backend hf needs the base model directory", param_hint="--hf-model")
+    targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None
     cfg = DistillConfig(
         nats_url=url,
         key_path=key,
@@ -112,8 +144,15 @@ def distill(
         progress=progress,
         model=model_cfg,
         modes=mode_list,
+        backend=backend,
+        hf_model=hf_model,
+        lora=_hf.LoraSettings(r=lora_r, target_modules=targets or None),
+        hf_lr=hf_lr,
     )
-    d = Distiller(cfg)
+    try:
+        d = Distiller(cfg)
+    except (_hf.MissingExtra, _hf.BaseModelError) as e:
+        raise click.ClickException(str(e)) from None
 
     async def go() -> list[dict[str, Any]]:
         import signal
@@ -127,6 +166,8 @@ def distill(
         reports = asyncio.run(go())
     except streams.QueryError as e:
         raise click.ClickException(f"{e} (the distiller reads traces through the query service)") from None
+    except (_hf.MissingExtra, _hf.BaseModelError) as e:
+        raise click.ClickException(str(e)) from None
     if once:
         click.echo(orjson.dumps(reports[-1] if reports else {}, option=orjson.OPT_INDENT_2).decode())
 

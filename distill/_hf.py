@@ -33,7 +33,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -57,7 +57,7 @@ from distill._decode import (
     action_grammar,
     propose_with,
 )
-from distill._train import TrainReport, peak_flops, pick_device
+from distill._train import TrainingStopped, TrainReport, peak_flops, pick_device
 from distill.model import EOS, MAX_HEADER_BYTES
 
 log = structlog.get_logger(__name__)
@@ -542,12 +542,14 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = False,
     log_every: int = 50,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainReport:
     """Fit the LoRA adapter of ``policy`` to ``examples`` (completion-only loss; the base stays frozen).
 
     As the byte policy's :func:`distill.train`: ``steps`` or ``epochs`` (default one epoch), linear
     warm-up then cosine decay to ``min_lr_ratio * lr``, AdamW, gradients clipped to ``grad_clip``,
     seeded. CUDA (bf16 autocast) when available, else CPU float32; the model stays on that device.
+    ``should_stop`` is checked before every step (:class:`distill._train.TrainingStopped` when true).
     ``progress`` shows a progress bar.
     """
     # ---- data: tokenize once; batches are padded to their own longest sequence
@@ -603,6 +605,8 @@ def train(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=steps, loss="-")
         for step in range(steps):
+            if should_stop is not None and should_stop():  # as distill.train: give up between steps
+                raise TrainingStopped(f"stopped at step {step} of {steps}")
             batch = next_batch()
             x, attn, y, m = _batch([seqs[i] for i in batch], [starts[i] for i in batch], pad, dev)
 

@@ -33,7 +33,7 @@ import streams
 from . import _hf
 from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
 from ._decode import valid_action_rate
-from ._train import evaluate, pick_device, train
+from ._train import TrainingStopped, evaluate, pick_device, train
 from .model import Policy, PolicyConfig
 
 log = structlog.get_logger("distill")
@@ -48,7 +48,7 @@ def resolve(
 ) -> tuple[int, int, dict[str, Any]]:
     """Steps, batch size and model config for ``device`` (explicit settings win)."""
     cuda = device.type == "cuda"
-    steps = cfg_steps if cfg_steps is not None else (600 if cuda else 120)
+    steps = cfg_steps if cfg_steps is not None else (600 if cuda else 300)
     batch = cfg_batch if cfg_batch is not None else (128 if cuda else 16)
     return steps, batch, model or ({} if cuda else dict(CPU_MODEL))
 
@@ -65,7 +65,7 @@ class DistillConfig:
     once: bool = False
     min_examples: int = 16
     steps: int | None = None
-    """Training steps per candidate; None: 600 on CUDA, 120 on CPU (see :data:`CPU_MODEL`)."""
+    """Training steps per candidate; None: 600 on CUDA, 300 on CPU (see :data:`CPU_MODEL`)."""
     batch_size: int | None = None
     lr: float = 3e-3
     seed: int = 0
@@ -287,7 +287,13 @@ class Distiller:
             report["decision"] = "skipped"
             self.generations.append(report)
             return report
-        result = await asyncio.to_thread(self._train_and_gate, ds)
+        try:
+            result = await asyncio.to_thread(self._train_and_gate, ds)
+        except TrainingStopped as e:  # asked to stop mid-generation: nothing half-trained is judged
+            log.info("distill_interrupted", reason=str(e), **report)
+            report["decision"] = "interrupted"
+            self.generations.append(report)
+            return report
         report.update(result["report"])
         if result["promote"]:
             await self._publish(result["model"], ds, result["scores"], result["mode"], report)
@@ -327,6 +333,7 @@ class Distiller:
                 device=device,
                 compile=self.cfg.compile,
                 progress=self.cfg.progress,
+                should_stop=self._stop.is_set,
             )
             candidates.append((mode, net.to("cpu").eval(), rep))
         scored = [
@@ -381,6 +388,7 @@ class Distiller:
             seed=self.cfg.seed,
             device=device,
             progress=self.cfg.progress,
+            should_stop=self._stop.is_set,
         )
         return model, rep
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import structlog
@@ -37,6 +37,10 @@ PEAK_BF16_FLOPS = {
     "L4": 121e12,
 }
 """Dense bf16 peak by GPU name fragment (first match wins), for MFU."""
+
+
+class TrainingStopped(Exception):
+    """Raised by :func:`train` when its ``should_stop`` callback asks it to give up."""
 
 
 class TrainReport(BaseModel):
@@ -129,13 +133,15 @@ def train(
     compile: bool = False,
     progress: bool = True,
     log_every: int = 50,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainReport:
     """Fit ``model`` to ``examples`` (completion-only loss); the model stays on the training device.
 
     Give ``steps`` or ``epochs`` (default: 1 epoch). Learning rate: linear warm-up over ``warmup``
     steps, cosine decay to ``min_lr_ratio * lr``. AdamW (betas 0.9/0.95) with ``weight_decay`` on
     matrices only; gradients clipped to norm ``grad_clip``. Seeds torch's global RNG with ``seed``
-    (dropout) and shuffles with its own generator.
+    (dropout) and shuffles with its own generator. ``should_stop`` is checked before every step;
+    when it returns true, training raises :class:`TrainingStopped` (the model is then half-trained).
     """
     # ---- data: tokenize once, keep the whole (small) padded dataset on the device
     dev = torch.device(device) if device is not None else pick_device()
@@ -198,6 +204,8 @@ def train(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=steps, loss="-")
         for step in range(steps):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped at step {step} of {steps}")
             # pick a batch and trim its padding (unless compiled: fixed shapes avoid recompiles)
             batch = next_batch()
             T = width if compile else max(lengths[i] for i in batch)

@@ -348,6 +348,23 @@ def test_train_skips_examples_too_long() -> None:
     assert report.skipped == 1 and report.examples == 1
 
 
+def test_training_gives_up_between_steps_when_asked_to_stop() -> None:
+    """``should_stop`` is checked before every step: training raises TrainingStopped at the step
+    it turned true (so a stopping distiller does not finish a generation first)."""
+    from distill._train import TrainingStopped
+
+    model = Policy(PolicyConfig(n_layer=1, n_head=2, n_embd=16, block_size=128))
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(TrainingStopped, match="stopped at step 3 of 50"):
+        train(model, toy_examples(16, seed=1), steps=50, batch_size=4, device="cpu", progress=False,
+              should_stop=stop_after_three)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_pick_device_is_cpu_here() -> None:
     """Without CUDA, pick_device chooses the CPU."""

@@ -264,7 +264,7 @@ class Distiller:
         """One select → train → gate → publish cycle; returns its report."""
         status = orjson.loads((await self.nc.request(streams.STATUS_SUBJECT, b"{}", timeout=5)).data)
         through = int(status["applied_seq"])
-        rows = await self._rows(SELECT_SQL, [through, through])
+        rows = await self._rows(SELECT_SQL, [through])
         hints = await self._rows(GUIDANCE_SQL)
         ds = build_dataset(
             rows,

@@ -3,26 +3,32 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+HF     := $(VENV)/.installed-hf
 
 .PHONY: up test lint bench clean
 
 # A virtual environment with CPU torch (a local build on these machines; pinned so pip never
-# pulls a multi-GB CUDA build) and hive with its test tools and the hf extra (so its tests run).
+# pulls a multi-GB CUDA build) and hive with its test tools.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,hf]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The optional hf backend (transformers + peft): the tests need it, the swarm does not.
+$(HF): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,hf]'
+	touch $(HF)
 
 ## The local swarm on the embedded NATS (state in ./hive-data; stops by itself after --duration).
 up: $(STAMP)
 	$(VENV)/bin/hive up $(ARGS)
 
 ## Lint, type-check and run the whole test suite against real nats-server processes and DuckDB files.
-test: $(STAMP) lint
+test: $(HF) lint
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(HF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 

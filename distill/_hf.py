@@ -57,7 +57,7 @@ from distill._decode import (
     action_grammar,
     propose_with,
 )
-from distill._train import TrainingStopped, TrainReport, peak_flops, pick_device
+from distill._train import TrainingStopped, TrainReport, batch_order, cosine_lr, peak_flops, pick_device
 from distill.model import EOS, MAX_HEADER_BYTES
 
 log = structlog.get_logger(__name__)
@@ -574,20 +574,9 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay, fused=cuda)
 
     def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        done = (step - warmup) / max(1, steps - warmup)
-        return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+        return cosine_lr(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
 
-    # ---- batches: walk through fresh permutations, wrapping across epochs
-    order: list[int] = []
-
-    def next_batch() -> list[int]:
-        nonlocal order
-        while len(order) < bs:
-            order += torch.randperm(n, generator=shuffle).tolist()
-        batch, order = order[:bs], order[bs:]
-        return batch
+    batches = batch_order(n, bs, shuffle)  # fresh permutations, wrapping across epochs
 
     log.info(
         "hf_train.start", examples=n, skipped=skipped, steps=steps, batch_size=bs, device=str(dev), lr=lr
@@ -607,7 +596,7 @@ def train(
         for step in range(steps):
             if should_stop is not None and should_stop():  # as distill.train: give up between steps
                 raise TrainingStopped(f"stopped at step {step} of {steps}")
-            batch = next_batch()
+            batch = next(batches)
             x, attn, y, m = _batch([seqs[i] for i in batch], [starts[i] for i in batch], pad, dev)
 
             # forward / backward / step: mean loss over the completion tokens of the batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 
 import structlog
@@ -116,6 +116,25 @@ def _tensors(seqs: list[list[int]], starts: list[int], width: int) -> tuple[Tens
     return x, y, m
 
 
+def cosine_lr(step: int, *, lr: float, warmup: int, steps: int, min_lr_ratio: float) -> float:
+    """Learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to
+    ``min_lr_ratio * lr`` at ``steps`` (both training loops use it)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    done = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+
+def batch_order(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Example indices, ``batch_size`` at a time, forever: fresh permutations wrapping across epochs."""
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            order += torch.randperm(n, generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
 def train(
     model: Policy,
     examples: Sequence[tuple[str, str]],
@@ -174,20 +193,9 @@ def train(
         torch.backends.cudnn.allow_tf32 = True
 
     def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, steps - warmup)
-        return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
+        return cosine_lr(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
 
-    # ---- batches: walk through fresh permutations, wrapping across epochs
-    order: list[int] = []
-
-    def next_batch() -> list[int]:
-        nonlocal order
-        while len(order) < bs:
-            order += torch.randperm(n, generator=shuffle).tolist()
-        batch, order = order[:bs], order[bs:]
-        return batch
+    batches = batch_order(n, bs, shuffle)
 
     log.info("train.start", examples=n, skipped=skipped, steps=steps, batch_size=bs, device=str(dev), lr=lr)
     losses: list[Tensor] = []
@@ -207,7 +215,7 @@ def train(
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped at step {step} of {steps}")
             # pick a batch and trim its padding (unless compiled: fixed shapes avoid recompiles)
-            batch = next_batch()
+            batch = next(batches)
             T = width if compile else max(lengths[i] for i in batch)
             index = torch.tensor(batch, device=dev)
             x, y, m = X[index, :T], Y[index, :T], M[index, :T]

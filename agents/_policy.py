@@ -50,8 +50,8 @@ class PolicyAdapter:
     ) -> BaseModel:
         """A schema-valid recipe for ``task`` (constrained decoding, validation, resampling).
 
-        ``temperature`` 1.0 samples the policy as trained (exploration, researchers); lower
-        values concentrate on its mode (one-shot deployment)."""
+        ``temperature`` 1.0 samples the policy as trained (what researchers and deployers do);
+        lower values concentrate on its mode."""
         import torch
 
         from distill import _hf, propose, render_prompt

@@ -256,8 +256,8 @@ def test_constrained_decoding_gives_valid_actions_from_an_untrained_model(base: 
     two = next(i for i, b in enumerate(table) if b and len(b) == 2 and b.isdigit() and b[:1] != b"0")
     logits = torch.zeros(len(table))
     logits[two] = 50.0
-    picked = _hf._choose(policy, walker, logits, 1.0, 0.5, 1, {})
-    assert picked is not None and picked != two and _hf._accepts(walker, table[picked] or b"")
+    picked = _hf._decode._choose(policy, walker, logits, 1.0, 0.5, 1, {})
+    assert picked is not None and picked != two and _hf._decode._accepts(walker, table[picked] or b"")
 
 
 def test_propose_resamples_on_a_failed_validation_like_the_byte_policy(base: Path) -> None:
@@ -292,7 +292,7 @@ def test_adapter_bytes_round_trip_as_safetensors_and_anything_else_is_refused(
     with torch.no_grad():
         assert torch.allclose(policy.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits)
     again = loaded.to_bytes()  # the same tensors and metadata (the header's key order may differ)
-    assert _hf._header_metadata(again) == meta and loaded.lora == policy.lora
+    assert _hf._base._header_metadata(again) == meta and loaded.lora == policy.lora
     assert all(torch.equal(v, st_load(data)[k]) for k, v in st_load(again).items())
 
     from peft import get_peft_model_state_dict

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from hive._learning import generations
+from hive import generations
 
 
 def one_run(i: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Imports ``streams`` only (the CLI and the supervisor may start the other packages).
 """
 
+from ._learning import GENERATIONS_SQL, Generations, generations
 from ._materializer import Materializer, MaterializerStats, rebuild
 from ._projections import TABLES, Rows, decode_batch, project
 from ._query import QueryError, QueryResult, check_read_only, remote_query, run_read_only
@@ -12,10 +13,12 @@ from ._store import applied_seq as applied_seq_of
 
 __all__ = [
     "ARROW",
+    "GENERATIONS_SQL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "TABLES",
     "DatabaseLocked",
+    "Generations",
     "Materializer",
     "MaterializerStats",
     "QueryError",
@@ -26,6 +29,7 @@ __all__ = [
     "check_read_only",
     "connect_db",
     "decode_batch",
+    "generations",
     "migrate",
     "open_store",
     "project",

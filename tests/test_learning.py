@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from hive._learning import generations
+from hive import generations
 
 from .conftest import pid_alive, run_hive
 

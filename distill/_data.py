@@ -5,8 +5,8 @@ from the live database. Selection (ReST-EM's "filter" step):
 
 * successful experiments — judged at publish time against the noise floor of replicated
   baselines — with their parent's recipe and objective as context, and successful deployments
-  (no parent: the one-shot context) that beat the family's current incumbent (measured on the
-  log: when a better incumbent replaces it, earlier deployment successes no longer count);
+  (no parent: the one-shot context) whose incumbent is still as good as the best known, within
+  the noise floor (when a clearly better incumbent replaces it, they no longer count);
 * deduplicated on (prompt, completion), capped at ``cap_per_context`` completions per prompt
   (the best objectives kept);
 * the pool is every successful trace in the log, whatever model version produced it (kept
@@ -28,9 +28,10 @@ import orjson
 from ._prompt import render_action, render_prompt
 
 SELECT_SQL = """
-WITH incumbent AS (  -- each family's current incumbent: the reference of its latest deployment
-    SELECT split_part(task, '/', 1) AS family, arg_max(reference_recipe, seq) AS recipe
-    FROM deployments WHERE reference = 'incumbent' AND seq <= $1 GROUP BY 1
+WITH standard AS (  -- per researched instance: the best objective so far and the noise floor
+    SELECT task, min(objective) AS best,
+           stddev_samp(objective) FILTER (WHERE proposer = 'baseline') AS sigma
+    FROM experiments WHERE status = 'ok' AND seq <= $1 GROUP BY task
 )
 SELECT e.seq, e.task, e.recipe, e.objective, p.recipe AS parent_recipe, p.objective AS parent_objective,
        e.model_version
@@ -38,14 +39,14 @@ FROM experiments e LEFT JOIN experiments p ON p.event_id = e.parent_id
 WHERE e.success AND e.status = 'ok' AND e.seq <= $1
 UNION ALL
 SELECT d.seq, d.task, d.recipe, d.objective, NULL, NULL, d.model_version
-FROM deployments d LEFT JOIN incumbent i ON i.family = split_part(d.task, '/', 1)
+FROM deployments d LEFT JOIN standard s ON s.task = d.reference_task
 WHERE d.success AND d.status = 'ok' AND d.seq <= $1
-  AND (d.reference_recipe = i.recipe OR i.recipe IS NULL)
+  AND (d.reference_score IS NULL OR d.reference_score <= s.best + $2 * coalesce(s.sigma, 0))
 ORDER BY 1
 """
-"""Successful traces up to sequence ``$1``. A deployment counts only if it beat its family's
-*current* incumbent (or, while there is none, whatever it was measured against): a success
-against an incumbent since superseded was judged by a weaker standard."""
+"""Successful traces up to sequence ``$1``. A deployment counts only if the incumbent it beat is
+still within ``$2`` noise floors of the best known on its instance: a success against an
+incumbent since clearly superseded was judged by a weaker standard."""
 GUIDANCE_SQL = "SELECT task, hint FROM guidance WHERE hint <> '' ORDER BY seq"
 
 

@@ -264,7 +264,9 @@ class Distiller:
         """One select → train → gate → publish cycle; returns its report."""
         status = orjson.loads((await self.nc.request(streams.STATUS_SUBJECT, b"{}", timeout=5)).data)
         through = int(status["applied_seq"])
-        rows = await self._rows(SELECT_SQL, [through])
+        from agents import NOISE_SIGMAS  # the agents' success margin: the standard an incumbent sets
+
+        rows = await self._rows(SELECT_SQL, [through, NOISE_SIGMAS])
         hints = await self._rows(GUIDANCE_SQL)
         ds = build_dataset(
             rows,

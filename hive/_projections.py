@@ -127,6 +127,8 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.reference,
                     None if ev.reference_recipe is None else _json(ev.reference_recipe),
                     ev.reference_objective,
+                    ev.reference_task,
+                    ev.reference_score,
                     ev.cost_s,
                     ev.status,
                     ev.error,

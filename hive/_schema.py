@@ -76,6 +76,8 @@ ARROW: dict[str, pa.Schema] = {
             ("reference", pa.string()),
             ("reference_recipe", pa.string()),
             ("reference_objective", pa.float64()),
+            ("reference_task", pa.string()),
+            ("reference_score", pa.float64()),
             ("cost_s", pa.float64()),
             ("status", pa.string()),
             ("error", pa.string()),
@@ -224,6 +226,8 @@ ALTER TABLE deployments RENAME COLUMN baseline_objective TO reference_objective;
 ALTER TABLE deployments ADD COLUMN reference VARCHAR;
 ALTER TABLE deployments ADD COLUMN reference_recipe JSON;
 ALTER TABLE deployments ADD COLUMN proposer VARCHAR;
+ALTER TABLE deployments ADD COLUMN reference_task VARCHAR;
+ALTER TABLE deployments ADD COLUMN reference_score DOUBLE;
 UPDATE deployments SET reference = 'baseline',
     proposer = CASE WHEN model_version > 0 THEN 'model' ELSE 'best-known' END;
 CREATE VIEW deployment_success AS
@@ -237,7 +241,7 @@ GROUP BY model_version, reference ORDER BY reference, model_version;
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: traces, agents, models, dead letters, views", _V1),
-    (2, "deployments: reference (incumbent/baseline), reference recipe and objective, proposer", _V2),
+    (2, "deployments: reference (incumbent/baseline), its recipe/objective/source/score, proposer", _V2),
 ]
 """``(version, description, sql)``: applied in order, each once."""
 

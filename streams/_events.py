@@ -117,6 +117,8 @@ class DeploymentFinished(TraceEvent):
     baseline (``"baseline"``). Both run on the same instance with the same seed;
     ``success`` says whether the proposal beat the reference by more than the noise floor.
     ``proposer`` is ``"model"`` (the shared model) or ``"mutation"`` (no model yet).
+    ``reference_task`` and ``reference_score`` say where the incumbent came from and how good it
+    was there, so a reader can tell later whether it has been superseded.
 
     v1 had ``baseline_objective`` (always against the task's baseline) and no reference fields.
     """
@@ -130,6 +132,10 @@ class DeploymentFinished(TraceEvent):
     reference: Literal["incumbent", "baseline"] = "baseline"
     reference_recipe: Recipe | None = None
     reference_objective: float | None = None
+    reference_task: TaskRef | None = None
+    """The researched instance the incumbent is the best recipe of (None for a baseline)."""
+    reference_score: float | None = None
+    """The incumbent's objective on ``reference_task`` when it was chosen (its own standard)."""
     cost_s: float = Field(ge=0, le=1e9)
     status: Status
     error: Text | None = None

@@ -85,6 +85,34 @@ def test_gate_rules() -> None:
     assert not gate(Scores(float("inf"), 1.0), None)[0]
 
 
+def test_deployment_successes_count_while_their_incumbent_is_still_current() -> None:
+    """Data selection on a real DuckDB: a deployment that beat an incumbent still within the noise
+    floor of the best known is training data; one that beat a clearly superseded incumbent is not;
+    one measured against the baseline (no incumbent yet) is."""
+    import duckdb
+
+    from agents import NOISE_SIGMAS
+    from distill._data import SELECT_SQL
+    from hive import migrate
+
+    con = duckdb.connect()
+    migrate(con)
+    exp = "INSERT INTO experiments BY NAME SELECT ? AS event_id, ? AS seq, ? AS objective, ? AS proposer, "
+    exp += "'k' AS run_key, 'r-1' AS agent_id, 'researcher' AS agent_type, 'branin/0' AS task, "
+    exp += "'x' AS run_id, 'ok' AS status, false AS success"
+    for i, (obj, proposer) in enumerate([(3.0, "baseline"), (3.2, "baseline"), (2.8, "baseline"),
+                                         (1.0, "mutation"), (0.5, "mutation")], start=1):
+        con.execute(exp, [f"e{i}", i, obj, proposer])
+    dep = "INSERT INTO deployments BY NAME SELECT ? AS event_id, ? AS seq, ? AS reference, "
+    dep += "? AS reference_task, ? AS reference_score, 'd-1' AS agent_id, 'deployer' AS agent_type, "
+    dep += "'branin/100000' AS task, '{}' AS recipe, 0.1 AS objective, 'ok' AS status, true AS success"
+    con.execute(dep, ["superseded", 10, "incumbent", "branin/0", 1.0])  # best is 0.5, sigma 0.2
+    con.execute(dep, ["current", 11, "incumbent", "branin/0", 0.7])  # within 2 sigma of 0.5
+    con.execute(dep, ["baseline", 12, "baseline", None, None])
+    rows = con.execute(SELECT_SQL, [100, NOISE_SIGMAS]).fetchall()
+    assert [r[0] for r in rows] == [11, 12]
+
+
 async def test_distill_once_publishes_and_running_agents_use_it(
     nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:

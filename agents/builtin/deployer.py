@@ -7,7 +7,7 @@ import random
 import statistics
 import time
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel
 
@@ -20,6 +20,14 @@ from .researcher import DEFAULT_TASK
 
 NEW_INSTANCE_BASE = 100_000
 """Deployments use instance indices from here on: never seen by researchers (held out)."""
+
+
+class Incumbent(NamedTuple):
+    """The family's best-known recipe, the researched instance it is best on, and its objective there."""
+
+    task: str
+    recipe: dict[str, Any]
+    objective: float
 
 
 class Deployer(Agent):
@@ -56,28 +64,30 @@ class Deployer(Agent):
             return self.template
         return load_task(f"{self.family}/{NEW_INSTANCE_BASE + self.offset + self.runs}")
 
-    def incumbent(self) -> dict[str, Any] | None:
+    def incumbent(self) -> Incumbent | None:
         """The family's best-known recipe: the researched instance whose best beat its baseline
         by the most noise floors (None until one has a noise floor)."""
-        best: tuple[float, dict[str, Any]] | None = None
+        best: tuple[float, Incumbent] | None = None
         for ref, tv in self.view.tasks.items():
             if ref.split("/", 1)[0] != self.family or tv.best_recipe is None or tv.noise_floor is None:
                 continue
-            gain = (tv.baseline_mean or 0.0) - (tv.best_objective or 0.0)
+            if tv.best_objective is None:
+                continue
+            gain = (tv.baseline_mean or 0.0) - tv.best_objective
             score = gain / max(tv.noise_floor, 1e-12)
             if best is None or score > best[0]:
-                best = (score, tv.best_recipe)
+                best = (score, Incumbent(ref, tv.best_recipe, tv.best_objective))
         return None if best is None else best[1]
 
-    def plan(self, task: Task) -> tuple[BaseModel, str, BaseModel, str]:
-        """``(proposal, proposer, reference, reference kind)`` for one deployment on ``task``."""
+    def plan(self, task: Task) -> tuple[BaseModel, str, BaseModel, Incumbent | None]:
+        """``(proposal, proposer, reference, incumbent)`` for one deployment on ``task``; the
+        reference is the incumbent's recipe, or the task's baseline while there is none."""
         known = self.incumbent()
-        reference = task.validate_recipe(known) if known is not None else task.baseline()
-        kind = "incumbent" if known is not None else "baseline"
+        reference = task.validate_recipe(known.recipe) if known is not None else task.baseline()
         if self.policy is not None:
             recipe = self.policy.propose(task, None, None, [], self.rng, temperature=self.temperature)
-            return recipe, "model", reference, kind
-        return task.mutate(reference, self.rng), "mutation", reference, kind
+            return recipe, "model", reference, known
+        return task.mutate(reference, self.rng), "mutation", reference, known
 
     def family_noise(self) -> float | None:
         """Median noise floor over the family's instances (a new instance has none of its own)."""
@@ -92,7 +102,8 @@ class Deployer(Agent):
         """Deploy once on a new instance."""
         self.runs += 1
         task = self.new_instance()
-        recipe, proposer, reference, kind = await self.in_thread(self.plan, task)
+        recipe, proposer, reference, known = await self.in_thread(self.plan, task)
+        kind = "incumbent" if known is not None else "baseline"
         seed = self.rng.randrange(2**31 - 1)
         version = self.model_version
         budget = task.default_budget
@@ -129,6 +140,8 @@ class Deployer(Agent):
                 reference=kind,
                 reference_recipe=reference.model_dump(),
                 reference_objective=ref_obj,
+                reference_task=known.task if known is not None else None,
+                reference_score=known.objective if known is not None else None,
                 cost_s=time.perf_counter() - t0,
                 status=status,
                 error=error,

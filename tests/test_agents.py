@@ -18,6 +18,27 @@ from agents.builtin.researcher import Researcher
 from .conftest import db_rows, pid_alive, run_hive, wait_for
 
 
+def test_agent_processes_start_niced_with_their_session_autogroup() -> None:
+    """``hive up`` lowers an agent child's priority and, where Linux groups each session for the
+    scheduler (autogroup), the priority of its new session too (a plain nice would not rank it
+    against the materializer's and distiller's sessions)."""
+    import os
+    import subprocess
+    import sys
+
+    from hive._supervisor import _lower_priority
+
+    probe = "import os, pathlib; p = pathlib.Path('/proc/self/autogroup'); "
+    probe += "print(os.nice(0)); print(p.read_text().strip() if p.exists() else 'none')"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], start_new_session=True, preexec_fn=lambda: _lower_priority(7),
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    nice, group = out.stdout.splitlines()
+    assert int(nice) == min(19, os.nice(0) + 7)
+    assert group == "none" or group.endswith("nice 7"), group
+
+
 def test_hive_up_short_run_with_several_agent_types(tmp_path: Path) -> None:
     """A short ``hive up``: every agent's traces are in DuckDB, the best beats the baseline,
     heartbeats are recorded, the stop is clean with no process left behind, and a second

@@ -607,19 +607,22 @@ def valid_action_rate(
     Decoded as :func:`propose` decodes (``mask_bounds=True``: what agents get); with
     ``mask_bounds=False`` it measures how well the model itself has learned the bounds.
     """
+    options: dict[str, Any] = {
+        "temperature": temperature,
+        "generator": generator,
+        "mask_bounds": mask_bounds,
+        "threads": threads,
+    }
+    return valid_rate_with(lambda p, k: sample_actions(model, p, space, k, **options), prompts, space, n)
+
+
+def valid_rate_with(
+    sample: Callable[[str, int], list[str]], prompts: Sequence[str], space: type[BaseModel], n: int
+) -> float:
+    """:func:`valid_action_rate` around any sampler: ``sample(prompt, k)`` returns ``k`` action texts."""
     ok = total = 0
     for prompt in prompts:
-        texts = sample_actions(
-            model,
-            prompt,
-            space,
-            n,
-            temperature=temperature,
-            generator=generator,
-            mask_bounds=mask_bounds,
-            threads=threads,
-        )
-        for text in texts:
+        for text in sample(prompt, n):
             ok += _validate(text, space)[0] is not None
             total += 1
     return ok / total if total else 0.0

@@ -13,10 +13,10 @@ from distill._decode import (
     ProposalStats,
     _cpu_threads,
     _pick,
-    _validate,
     _Walker,
     action_grammar,
     propose_with,
+    valid_rate_with,
 )
 from distill.model import EOS
 
@@ -209,11 +209,7 @@ def propose(
         "mask_bounds": mask_bounds,
         "threads": threads,
     }
-
-    def sample(n: int) -> list[str]:
-        return sample_actions(policy, prompt, space, n, **options)
-
-    return propose_with(sample, space, max_tries)
+    return propose_with(lambda n: sample_actions(policy, prompt, space, n, **options), space, max_tries)
 
 
 def valid_action_rate(
@@ -229,18 +225,10 @@ def valid_action_rate(
 ) -> float:
     """Fraction of samples that validate on the first try (``n`` per prompt), as
     :func:`distill.valid_action_rate`."""
-    ok = total = 0
-    for prompt in prompts:
-        texts = sample_actions(
-            policy,
-            prompt,
-            space,
-            n,
-            temperature=temperature,
-            generator=generator,
-            mask_bounds=mask_bounds,
-            threads=threads,
-        )
-        ok += sum(_validate(t, space)[0] is not None for t in texts)
-        total += len(texts)
-    return ok / total if total else 0.0
+    options: dict[str, Any] = {
+        "temperature": temperature,
+        "generator": generator,
+        "mask_bounds": mask_bounds,
+        "threads": threads,
+    }
+    return valid_rate_with(lambda p, k: sample_actions(policy, p, space, k, **options), prompts, space, n)

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import structlog
 import torch
@@ -133,6 +134,41 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator) -> Iterator
             order += torch.randperm(n, generator=generator).tolist()
         batch, order = order[:batch_size], order[batch_size:]
         yield batch
+
+
+def measured_report(
+    losses: list[Tensor],
+    *,
+    timed_s: float,
+    examples_timed: int,
+    tokens_timed: int,
+    device: torch.device,
+    flops_per_token: float,
+    **fields: Any,
+) -> TrainReport:
+    """A :class:`TrainReport` from a loop's counters (both training loops report through this).
+
+    ``losses``: the per-step loss tensors (one host sync here); ``timed_s`` and the ``*_timed``
+    counts cover the steps after the warm-up step, so throughput and MFU leave it out;
+    ``final_loss`` is the mean of the last tenth of the steps (at most 10). ``fields``: the
+    report's remaining fields as they are.
+    """
+    history = torch.stack(losses).float().cpu().tolist()
+    tail = history[-max(1, min(10, len(history) // 10)) :]
+    timed = max(timed_s, 1e-9)
+    tokens_per_s = tokens_timed / timed
+    peak = peak_flops(device)
+    return TrainReport(
+        examples_per_s=examples_timed / timed,
+        tokens_per_s=tokens_per_s,
+        first_loss=history[0],
+        final_loss=sum(tail) / len(tail),
+        losses=history,
+        device=str(device),
+        flops_per_token=flops_per_token,
+        mfu=flops_per_token * tokens_per_s / peak if peak else None,
+        **fields,
+    )
 
 
 def train(
@@ -254,29 +290,21 @@ def train(
     t_end = time.perf_counter()
 
     # ---- report
-    history = torch.stack(losses).float().cpu().tolist()
-    timed = max(t_end - t_timed, 1e-9)
-    tail = history[-max(1, min(10, len(history) // 10)) :]
-    fpt = model.flops_per_token(round(sum(lengths) / n))
-    peak = peak_flops(dev)
-    tokens_per_s = tokens_timed / timed
-    report = TrainReport(
+    report = measured_report(
+        losses,
         steps=steps,
         examples=n,
         skipped=skipped,
         examples_seen=examples_seen,
         tokens_seen=tokens_seen,
         wall_s=t_end - t_start,
-        examples_per_s=examples_timed / timed,
-        tokens_per_s=tokens_per_s,
-        first_loss=history[0],
-        final_loss=sum(tail) / len(tail),
-        losses=history,
-        device=str(dev),
+        timed_s=t_end - t_timed,
+        examples_timed=examples_timed,
+        tokens_timed=tokens_timed,
+        device=dev,
         dtype=str(dtype).removeprefix("torch."),
         compiled=compile,
-        flops_per_token=fpt,
-        mfu=fpt * tokens_per_s / peak if peak else None,
+        flops_per_token=model.flops_per_token(round(sum(lengths) / n)),
         params=model.num_params(),
     )
     log.info(

@@ -13,7 +13,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn import functional as F
 
-from distill._train import TrainingStopped, TrainReport, batch_order, cosine_lr, peak_flops, pick_device
+from distill._train import (
+    TrainingStopped,
+    TrainReport,
+    batch_order,
+    cosine_lr,
+    measured_report,
+    pick_device,
+)
 
 from ._base import (
     PROMPT_SUFFIX,
@@ -219,29 +226,22 @@ def train(
     t_end = time.perf_counter()
 
     # ---- report (FLOPs per token: forward 2N, backward through the frozen base 2N, adapter grads)
-    history = torch.stack(losses).float().cpu().tolist()
-    tail = history[-max(1, min(10, len(history) // 10)) :]
-    timed = max(t_end - t_timed, 1e-9)
     total, trainable = policy.num_params(), policy.num_params(trainable=True)
-    fpt = 4.0 * total + 2.0 * trainable
-    peak = peak_flops(dev)
-    report = TrainReport(
+    report = measured_report(
+        losses,
         steps=steps,
         examples=n,
         skipped=skipped,
         examples_seen=examples_seen,
         tokens_seen=tokens_seen,
         wall_s=t_end - t_start,
-        examples_per_s=examples_timed / timed,
-        tokens_per_s=tokens_timed / timed,
-        first_loss=history[0],
-        final_loss=sum(tail) / len(tail),
-        losses=history,
-        device=str(dev),
+        timed_s=t_end - t_timed,
+        examples_timed=examples_timed,
+        tokens_timed=tokens_timed,
+        device=dev,
         dtype="bfloat16" if cuda else "float32",
         compiled=False,
-        flops_per_token=fpt,
-        mfu=fpt * tokens_timed / timed / peak if peak else None,
+        flops_per_token=4.0 * total + 2.0 * trainable,
         params=total,
     )
     log.info(

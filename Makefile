@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HF     := $(VENV)/.installed-hf
 
-.PHONY: up test lint bench clean
+.PHONY: up test faults soak lint bench clean
 
 # A virtual environment with CPU torch (a local build on these machines; pinned so pip never
 # pulls a multi-GB CUDA build) and hive with its test tools.
@@ -27,6 +27,14 @@ up: $(STAMP)
 ## Lint, type-check and run the whole test suite against real nats-server processes and DuckDB files.
 test: $(HF) lint
 	$(PY) -m pytest -q
+
+## The whole fault campaign (kill -9, SIGSTOP, full streams, cluster node loss, hostile input).
+faults: $(HF)
+	$(PY) -m pytest -q tests/faults -m 'faults_full or not faults_full'
+
+## A 30-minute soak: the swarm under load while a random component is killed or paused every 60 s.
+soak: $(STAMP)
+	$(PY) bench/soak.py --minutes 30 --out bench/results/soak
 
 lint: $(HF)
 	$(VENV)/bin/ruff check .

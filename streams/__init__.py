@@ -37,7 +37,17 @@ from ._auth import (
 )
 from ._auth import CLAIMS_BUCKET as IDENTITY_CLAIMS_BUCKET
 from ._codec import UPCASTERS, DecodeError, decode, encode, upcaster
-from ._connect import DEFAULT_URL, DUPLICATE_WINDOW_S, connect, default_url, ensure_stream, stream_config
+from ._connect import (
+    DEFAULT_URL,
+    DUPLICATE_WINDOW_S,
+    cluster_size,
+    connect,
+    default_replicas,
+    default_url,
+    ensure_stream,
+    server_list,
+    stream_config,
+)
 from ._consumer import ConsumerLost, LogEntry, LogReader
 from ._events import (
     EVENT_TYPES,
@@ -62,7 +72,18 @@ from ._events import (
 from ._examples import example
 from ._publisher import Publisher
 from ._query_client import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, QueryResult, remote_query
-from ._server import DURABILITY_DOC, Durability, EmbeddedServer, ServerError, find_nats_server
+from ._server import (
+    DURABILITY_DOC,
+    Durability,
+    EmbeddedCluster,
+    EmbeddedServer,
+    ServerError,
+    describe_durability,
+    ensure_writable_dir,
+    find_nats_server,
+    free_port,
+    parse_durability,
+)
 from ._signing import SignatureError, generate_keys, load_private_key, load_public_key, sign, verify
 from ._subjects import (
     MODEL_BUCKET,
@@ -112,6 +133,7 @@ __all__ = [
     "DecodeError",
     "DeploymentFinished",
     "Durability",
+    "EmbeddedCluster",
     "EmbeddedServer",
     "Event",
     "ExperimentFinished",
@@ -136,18 +158,23 @@ __all__ = [
     "accept_pointer",
     "agent_permissions",
     "claim_identity",
+    "cluster_size",
     "connect",
     "connect_options",
     "connect_options_from_env",
     "current_version",
     "decode",
+    "default_replicas",
     "default_url",
+    "describe_durability",
     "encode",
     "ensure_agent_buckets",
     "ensure_claims_bucket",
     "ensure_stream",
+    "ensure_writable_dir",
     "example",
     "find_nats_server",
+    "free_port",
     "generate_credentials",
     "generate_keys",
     "hash_password",
@@ -157,10 +184,12 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "object_names",
+    "parse_durability",
     "release_claim",
     "remote_query",
     "render_auth_config",
     "renew_claim",
+    "server_list",
     "sign",
     "stream_config",
     "subject_agent",

@@ -26,8 +26,20 @@ def default_url() -> str:
 DUPLICATE_WINDOW_S = 120.0
 
 
-async def connect(url: str = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) -> Client:
+def server_list(url: str | list[str]) -> list[str]:
+    """The server URLs in ``url``: a list, or one string of comma-separated URLs (a cluster)."""
+    items = url if isinstance(url, list) else str(url).split(",")
+    out = [u.strip() for u in items if u and u.strip()]
+    if not out:
+        raise ValueError("no NATS server URL given")
+    return out
+
+
+async def connect(url: str | list[str] = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) -> Client:
     """Connect with reconnects forever (the log outlives any one connection).
+
+    ``url`` may name several servers (a list, or comma-separated:
+    ``nats://a:4222,nats://b:4222``): the client connects to one and fails over to the others.
 
     Without explicit credentials, the role's credentials come from the environment
     (``HIVE_NATS_CREDENTIALS`` or ``HIVE_NATS_USER``/``HIVE_NATS_PASSWORD``; see ``hive credentials``).
@@ -47,7 +59,26 @@ async def connect(url: str = DEFAULT_URL, *, name: str = "hive", **kwargs: Any) 
 
         opts.update(connect_options_from_env())
     opts.update(kwargs)
-    return await nats.connect(url, **opts)
+    servers = server_list(url)
+    return await nats.connect(servers if len(servers) > 1 else servers[0], **opts)
+
+
+def cluster_size(nc: Client) -> int:
+    """How many servers the connected cluster has, as the server announced it (1 when not clustered).
+
+    Read from the server's INFO: ``cluster`` names the cluster and ``connect_urls`` lists the
+    client URLs of its servers (gossiped as they join).
+    """
+    info = getattr(nc, "_server_info", None) or {}
+    if not info.get("cluster"):
+        return 1
+    urls = set(info.get("connect_urls") or [])
+    return max(1, len(urls))
+
+
+def default_replicas(nc: Client) -> int:
+    """The replica count for the hive's stream and buckets: 3 on a cluster of three or more, else 1."""
+    return 3 if cluster_size(nc) >= 3 else 1
 
 
 def stream_config(*, duplicate_window: float = DUPLICATE_WINDOW_S, replicas: int = 1) -> StreamConfig:
@@ -66,17 +97,23 @@ def stream_config(*, duplicate_window: float = DUPLICATE_WINDOW_S, replicas: int
     )
 
 
-async def ensure_stream(js: JetStreamContext, *, duplicate_window: float = DUPLICATE_WINDOW_S) -> None:
+async def ensure_stream(
+    js: JetStreamContext, *, duplicate_window: float = DUPLICATE_WINDOW_S, replicas: int | None = None
+) -> None:
     """Create the hive stream if it does not exist; safe to call from every process.
 
-    An existing stream keeps its settings (an operator may have tuned its duplicate window or
-    replicas); only missing hive subjects are added.
+    ``replicas``: the new stream's replica count; ``None`` picks :func:`default_replicas` (R3 on
+    a cluster of three or more nodes, R1 on a single server). An existing stream keeps its
+    settings (an operator may have tuned its duplicate window or replicas); only missing hive
+    subjects are added.
     """
+    if replicas is None:
+        replicas = default_replicas(js._nc)
     try:
         info = await js.stream_info(STREAM)
     except NotFoundError:
         try:
-            await js.add_stream(stream_config(duplicate_window=duplicate_window))
+            await js.add_stream(stream_config(duplicate_window=duplicate_window, replicas=replicas))
             return
         except BadRequestError:  # created concurrently by another process
             info = await js.stream_info(STREAM)

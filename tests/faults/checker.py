@@ -46,11 +46,12 @@ class StoredLog:
 
 
 async def read_stream(url: str, *, stream: str = streams.STREAM, **connect: Any) -> StoredLog:
-    """Read every message of ``stream`` with direct gets (concurrent, in chunks)."""
+    """Read every message of ``stream`` with direct gets (concurrent, in chunks); ``url`` may be a
+    comma-separated list of a cluster's servers."""
     import nats
     from nats.js.errors import NotFoundError
 
-    nc = await nats.connect(url, **connect)
+    nc = await nats.connect(streams.server_list(url), **connect)  # one URL or a cluster's list
     try:
         js = nc.jetstream()
         info = await js.stream_info(stream)

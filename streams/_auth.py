@@ -598,6 +598,8 @@ async def ensure_claims_bucket(js: Any, ttl_s: float = CLAIM_TTL_S) -> None:
     from nats.js.api import KeyValueConfig, StorageType
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
+    from ._connect import default_replicas
+
     try:
         await js.key_value(CLAIMS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
@@ -608,6 +610,7 @@ async def ensure_claims_bucket(js: Any, ttl_s: float = CLAIM_TTL_S) -> None:
                 ttl=ttl_s,
                 storage=StorageType.FILE,
                 description="hive agent identity claims",
+                replicas=default_replicas(js._nc),  # R3 on a cluster, like the HIVE stream
             )
         )
 
@@ -619,11 +622,15 @@ async def ensure_agent_buckets(js: Any) -> None:
     """
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
+    from ._connect import default_replicas
+
     await ensure_claims_bucket(js)
     try:
         await js.key_value(RUN_CLAIMS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        await js.create_key_value(bucket=RUN_CLAIMS_BUCKET, ttl=RUN_CLAIM_TTL_S, history=1)
+        await js.create_key_value(
+            bucket=RUN_CLAIMS_BUCKET, ttl=RUN_CLAIM_TTL_S, history=1, replicas=default_replicas(js._nc)
+        )
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,8 @@ async def _applied_seq_ge(nc: Any, last: int) -> bool:
 async def test_stream_is_r3_on_a_cluster_and_r1_on_one_server(
     cluster: streams.EmbeddedCluster, nats_server: streams.EmbeddedServer
 ) -> None:
-    """ensure_stream gives HIVE three replicas on a 3-node cluster and one on a single server; an
-    existing stream keeps its replica count."""
+    """ensure_stream gives HIVE three replicas on a 3-node cluster (and the claims KV buckets too)
+    and one on a single server."""
     nc = await streams.connect(cluster.url)
     try:
         assert streams.cluster_size(nc) == 3
@@ -121,6 +121,10 @@ async def test_stream_is_r3_on_a_cluster_and_r1_on_one_server(
         info = await nc.jetstream().stream_info(streams.STREAM)
         assert info.config.num_replicas == 3 and info.cluster is not None
         assert len(info.cluster.replicas or []) == 2  # the two followers
+        await streams.ensure_agent_buckets(nc.jetstream())  # the claims KV buckets: R3 as well
+        for bucket in (streams.IDENTITY_CLAIMS_BUCKET, streams.RUN_CLAIMS_BUCKET):
+            kv = await nc.jetstream().stream_info(f"KV_{bucket}")
+            assert kv.config.num_replicas == 3, bucket
     finally:
         await nc.close()
     one = await streams.connect(nats_server.url)

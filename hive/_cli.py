@@ -63,6 +63,14 @@ def cli(log_format: str | None, log_level: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- the log
+def _durability_option(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Validate ``--sync``: ``default``, ``always`` or an interval (``30s``, ``2m``)."""
+    try:
+        return streams.parse_durability(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @cli.command()
 @click.option(
     "--port",
@@ -87,31 +95,51 @@ def cli(log_format: str | None, log_level: str | None) -> None:
     help="Monitoring port (`hive status --monitor` reads durability there).",
 )
 @click.option(
+    "--sync",
     "--durability",
-    type=click.Choice(["default", "always"]),
+    "durability",
     default="default",
     show_default=True,
-    help="'default': fsync every 2 min (a crash of the process loses nothing, power loss can); "
-    "'always': fsync before each ack (much slower).",
+    callback=_durability_option,
+    help="fsync policy: 'default' (every 2 min: a crash of the process loses nothing, power loss "
+    "can), 'always' (fsync before each ack; much slower) or an interval such as 30s, 1m.",
+)
+@click.option(
+    "--cluster",
+    "nodes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 9),
+    help="Run N nats-server processes as one JetStream cluster on this host (ports PORT, PORT+1 …; "
+    "stores STORE/node-<i>); the hive's stream is then replicated (R3 from 3 nodes).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-def server(port: int, store_dir: str, http_port: int, durability: str, host: str) -> None:
+def server(port: int, store_dir: str, http_port: int, durability: str, nodes: int, host: str) -> None:
     """Run the embedded nats-server (JetStream on) in the foreground until Ctrl-C."""
-    srv = streams.EmbeddedServer(
-        port=port,
-        store_dir=store_dir,
-        durability=durability,  # type: ignore[arg-type]
-        http_port=http_port,
-        host=host,
-    )
+    srv: streams.EmbeddedServer | streams.EmbeddedCluster
+    if nodes > 1:
+        srv = streams.EmbeddedCluster(
+            nodes, port=port, store_dir=store_dir, durability=durability, http_port=http_port, host=host
+        )
+    else:
+        srv = streams.EmbeddedServer(
+            port=port, store_dir=store_dir, durability=durability, http_port=http_port, host=host
+        )
     try:
         srv.start()
     except streams.ServerError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(
-        f"nats-server {srv.url} (pid {srv.pid}), monitoring {srv.http_url}, store {store_dir}, "
-        f"durability: {streams.DURABILITY_DOC[durability]}"
-    )
+    if isinstance(srv, streams.EmbeddedCluster):
+        pids = ", ".join(str(p) for p in srv.pids)
+        click.echo(
+            f"nats cluster of {nodes} {srv.url} (pids {pids}), monitoring {', '.join(srv.http_urls)}, "
+            f"store {store_dir}/node-<i>, durability: {streams.describe_durability(durability)}"
+        )
+    else:
+        click.echo(
+            f"nats-server {srv.url} (pid {srv.pid}), monitoring {srv.http_url}, store {store_dir}, "
+            f"durability: {streams.describe_durability(durability)}"
+        )
     stop = {"now": False}
 
     def _stop(*_: object) -> None:
@@ -119,8 +147,9 @@ def server(port: int, store_dir: str, http_port: int, durability: str, host: str
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    servers = srv.servers if isinstance(srv, streams.EmbeddedCluster) else [srv]
     try:
-        while not stop["now"] and srv.proc is not None and srv.proc.poll() is None:
+        while not stop["now"] and all(s.proc is not None and s.proc.poll() is None for s in servers):
             time.sleep(0.2)
     finally:
         srv.stop()
@@ -424,6 +453,24 @@ def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
     help="Auth on, as in docker compose: per-role NATS users and per-agent identities (generated or "
     "reused in DATA/credentials, with the model-signing keys); the embedded server admits no one else.",
 )
+@click.option(
+    "--cluster",
+    "nodes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 9),
+    help="Embedded NATS as a JetStream cluster of N nats-server processes on loopback (ports PORT, "
+    "PORT+1 …; stores in DATA/nats-cluster); 3 gives the R3 stream compose runs: one node may die.",
+)
+@click.option(
+    "--sync",
+    "durability",
+    default="default",
+    show_default=True,
+    callback=_durability_option,
+    help="Embedded NATS fsync policy: 'default' (every 2 min), 'always' (before each ack) or an "
+    "interval such as 30s.",
+)
 def up(
     n_agents: int,
     types: str,
@@ -436,6 +483,8 @@ def up(
     distill: bool,
     distill_every: int,
     secure: bool,
+    nodes: int,
+    durability: str,
 ) -> None:
     """Run the whole swarm on this machine with live progress; state stays in --data.
 
@@ -457,6 +506,12 @@ def up(
         raise click.BadParameter("give at least one agent type", param_hint="--types")
     if secure and url:
         raise click.UsageError("--secure starts its own locked-down server; it cannot go with --nats")
+    if url and (nodes > 1 or durability != "default"):
+        raise click.UsageError("--cluster and --sync configure the embedded server; not with --nats")
+    try:  # a read-only or foreign data directory is a permission error, not an unreachable server
+        streams.ensure_writable_dir(data_dir, "data directory")
+    except streams.ServerError as e:
+        raise click.ClickException(str(e)) from None
     cfg = UpConfig(
         data_dir=Path(data_dir),
         agents=n_agents,
@@ -469,14 +524,18 @@ def up(
         distill=distill,
         distill_every_traces=distill_every,
         secure=secure,
+        cluster=nodes,
+        durability=durability,
     )
     _run(Swarm(cfg).run())
 
 
 from ._agent_cli import agent  # noqa: E402
+from ._credentials_cli import credentials  # noqa: E402
 from ._distill_cli import distill, keys, model  # noqa: E402
+from ._export_cli import export  # noqa: E402
 
-for _command in (agent, distill, keys, model):
+for _command in (agent, credentials, distill, export, keys, model):
     cli.add_command(_command)
 
 

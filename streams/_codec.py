@@ -65,11 +65,27 @@ def encode(event: Event) -> bytes:
     return event.__pydantic_serializer__.to_json(event)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<event>"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid event: {loc}: {err['msg']}{more}"
+MAX_REASON_CHARS = 2000
+"""Upper bound of a dead-letter reason; every error is listed until this bound is reached."""
+_MAX_ERROR_CHARS = 240
+
+
+def _all_errors(exc: ValidationError) -> str:
+    """Every validation error as ``loc: msg``, joined, bounded to :data:`MAX_REASON_CHARS`."""
+    errors = exc.errors(include_url=False, include_input=False)
+    out = f"invalid event ({len(errors)} error{'s' if len(errors) != 1 else ''}): "
+    for i, err in enumerate(errors):
+        loc = ".".join(str(p) for p in err["loc"]) or "<event>"
+        item = f"{loc}: {err['msg']}"
+        if len(item) > _MAX_ERROR_CHARS:
+            item = item[: _MAX_ERROR_CHARS - 1] + "…"
+        sep = "; " if i else ""
+        rest = len(errors) - i
+        tail = f"; … and {rest} more"
+        if len(out) + len(sep) + len(item) + len(tail) > MAX_REASON_CHARS and rest > 1:
+            return out + tail
+        out += sep + item
+    return out
 
 
 def decode(data: bytes, subject: str | None = None) -> Event:
@@ -83,9 +99,14 @@ def decode(data: bytes, subject: str | None = None) -> Event:
     if len(data) > MAX_EVENT_BYTES:
         raise DecodeError(f"oversize: {len(data)} bytes > {MAX_EVENT_BYTES}")
     try:
-        event = _ADAPTER.validate_json(data)
-    except ValidationError as exc:
-        event = _decode_slow(data, exc)
+        try:
+            event = _ADAPTER.validate_json(data)
+        except ValidationError as exc:
+            event = _decode_slow(data, exc)
+    except DecodeError:
+        raise
+    except Exception as e:  # whatever the bytes make a validator do, it is this message's fault
+        raise DecodeError(f"undecodable: {type(e).__name__}: {str(e)[:_MAX_ERROR_CHARS]}") from None
     if subject is not None:
         expected = subject_for(event)
         if subject != expected:
@@ -104,16 +125,19 @@ def _decode_slow(data: bytes, exc: ValidationError) -> Event:
         raise DecodeError(f"bad JSON: {e}") from None
     if not isinstance(raw, dict):
         raise DecodeError(f"bad JSON: expected an object, got {type(raw).__name__}")
-    kind, version = raw.get("kind"), raw.get("schema_version")
-    if kind not in EVENTS_BY_KIND:
-        raise DecodeError(f"unknown kind {kind!r}")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise DecodeError(f"schema_version must be an integer, got {version!r}")
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or kind not in EVENTS_BY_KIND:
+        raise DecodeError(f"unknown kind {str(kind)[:64]!r}")
     latest = current_version(kind)
-    if version == latest:
-        raise DecodeError(_first_error(exc))
+    # As in the schema, schema_version defaults to the current version: an event without one is
+    # judged as current, so its reason names its real errors. A non-integer one is among them.
+    version = raw.get("schema_version", latest)
+    if version == latest or not isinstance(version, int) or isinstance(version, bool):
+        raise DecodeError(_all_errors(exc))
     if version > latest or (kind, version) not in UPCASTERS:
-        raise DecodeError(f"unknown schema_version {version} for {kind} (this reader knows {latest})")
+        raise DecodeError(
+            f"unknown schema_version {str(version)[:40]} for {kind} (this reader knows {latest})"
+        )
     original = version
     while version < latest:
         step = UPCASTERS.get((kind, version))
@@ -124,6 +148,6 @@ def _decode_slow(data: bytes, exc: ValidationError) -> Event:
     try:
         return _ADAPTER.validate_json(orjson.dumps(raw))
     except ValidationError as e2:
-        raise DecodeError(_first_error(e2) + f" (after upcasting from v{original})") from None
+        raise DecodeError(f"after upcasting from v{original}: " + _all_errors(e2)) from None
     except orjson.JSONEncodeError as e3:
         raise DecodeError(f"bad JSON: {e3}") from None

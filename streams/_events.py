@@ -6,6 +6,9 @@ Rules (the contract other languages rely on, exported as JSON Schema by ``hive s
 * models are frozen, ``extra="forbid"``, strict, and reject NaN/inf;
 * every string, list and mapping is bounded, and a whole encoded event is at most
   :data:`MAX_EVENT_BYTES`;
+* every integer, wherever it appears (envelope, payload, recipe values), fits in a signed 64-bit
+  integer (:data:`Int64`), so DuckDB, Arrow and other languages can hold it, and every timestamp
+  is representable in UTC;
 * ``event_id`` is natural and deterministic where possible (``agent/run/step``), so a retried
   publish is deduplicated by the server (``Nats-Msg-Id``) and by the projection.
 """
@@ -15,10 +18,37 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_EVENT_BYTES = 64 * 1024
 """Upper bound of one encoded event, in bytes."""
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""Any integer in an event: signed 64 bits (what DuckDB's BIGINT and Arrow's int64 hold).
+
+Fields with their own bounds use :data:`Count`, :data:`Positive` or an explicit
+``Field(ge=…, le=…)`` *instead* (a field-level ``ge`` would be overridden by this one's)."""
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+"""A non-negative 64-bit integer (counts, sizes, sequences, versions where 0 means none)."""
+Positive = Annotated[int, Field(ge=1, le=INT64_MAX)]
+"""A positive 64-bit integer (model versions)."""
+
+
+def _utc_representable(value: datetime) -> datetime:
+    """Refuse a timestamp whose UTC time falls outside years 1-9999 (readers could not load it)."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp out of range once converted to UTC") from None
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc_representable)]
+"""When an event happened, by the producer's clock (ISO 8601; naive values are read as UTC)."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 """An identifier that is also a single NATS subject token (no dots, spaces or wildcards)."""
@@ -30,7 +60,19 @@ TaskRef = Annotated[
 Text = Annotated[str, StringConstraints(max_length=4000)]
 ShortText = Annotated[str, StringConstraints(max_length=200)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Scalar = bool | int | float | Annotated[str, StringConstraints(max_length=200)]
+
+
+def _refuse_big_int(value: Any) -> Any:
+    """Refuse an integer outside signed 64 bits before a union could read it as a float."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer out of the signed 64-bit range [{INT64_MIN}, {INT64_MAX}]")
+    return value
+
+
+Scalar = Annotated[
+    bool | Int64 | float | Annotated[str, StringConstraints(max_length=200)], BeforeValidator(_refuse_big_int)
+]
+"""A recipe value: a flag, a 64-bit integer, a finite float or a short string."""
 Recipe = Annotated[dict[Key, Scalar], Field(max_length=64)]
 """A proposed training recipe: knob name → value (the task's search space validates it)."""
 Metrics = Annotated[dict[Key, float], Field(max_length=64)]
@@ -54,11 +96,11 @@ class Event(BaseModel):
     CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "traces"
 
     event_id: EventId
-    schema_version: int
+    schema_version: Int64
     kind: str
     agent_id: Name
     agent_type: Name
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: Timestamp = Field(default_factory=utcnow)
 
 
 class TraceEvent(Event):
@@ -68,7 +110,7 @@ class TraceEvent(Event):
     """
 
     task: TaskRef
-    model_version: int = Field(default=0, ge=0)
+    model_version: Count = 0
 
 
 class ExperimentStarted(TraceEvent):
@@ -155,7 +197,7 @@ class GuidancePublished(TraceEvent):
     topic: ShortText
     avoid: Annotated[dict[Key, ShortText], Field(max_length=32)] = Field(default_factory=dict)
     hint: Text = ""
-    evidence: int = Field(default=0, ge=0)
+    evidence: Count = 0
 
 
 class AgentStarted(Event):
@@ -165,7 +207,7 @@ class AgentStarted(Event):
     kind: Literal["AgentStarted"] = "AgentStarted"
     schema_version: Literal[1] = 1
     host: ShortText = ""
-    pid: int = Field(default=0, ge=0)
+    pid: Count = 0
     task: TaskRef | None = None
     heartbeat_s: float = Field(default=5.0, gt=0, le=3600)
 
@@ -177,8 +219,8 @@ class AgentHeartbeat(Event):
     kind: Literal["AgentHeartbeat"] = "AgentHeartbeat"
     schema_version: Literal[1] = 1
     state: ShortText = "idle"
-    model_version: int = Field(default=0, ge=0)
-    experiments: int = Field(default=0, ge=0)
+    model_version: Count = 0
+    experiments: Count = 0
 
 
 class AgentStopped(Event):
@@ -197,12 +239,12 @@ class ModelPublished(Event):
     kind: Literal["ModelPublished"] = "ModelPublished"
     schema_version: Literal[1] = 1
     name: Name = "policy"
-    version: int = Field(ge=1)
-    parent_version: int = Field(default=0, ge=0)
+    version: Positive
+    parent_version: Count = 0
     sha256: Sha256
-    size: int = Field(ge=0)
-    trained_through_seq: int = Field(default=0, ge=0)
-    dataset_size: int = Field(default=0, ge=0)
+    size: Count
+    trained_through_seq: Count = 0
+    dataset_size: Count = 0
     eval: Metrics = Field(default_factory=dict)
     signature: Annotated[str, StringConstraints(max_length=200)] = ""
 
@@ -214,10 +256,10 @@ class ModelRejected(Event):
     kind: Literal["ModelRejected"] = "ModelRejected"
     schema_version: Literal[1] = 1
     name: Name = "policy"
-    candidate: int = Field(ge=1)
-    champion_version: int = Field(default=0, ge=0)
-    trained_through_seq: int = Field(default=0, ge=0)
-    dataset_size: int = Field(default=0, ge=0)
+    candidate: Positive
+    champion_version: Count = 0
+    trained_through_seq: Count = 0
+    dataset_size: Count = 0
     eval: Metrics = Field(default_factory=dict)
     reason: ShortText = ""
 

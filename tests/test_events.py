@@ -102,3 +102,130 @@ def test_json_schema_covers_every_kind() -> None:
     schema = orjson.dumps(streams.json_schema()).decode()
     for kind in streams.EVENTS_BY_KIND:
         assert kind in schema
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _integer_nodes(node: object, path: str = "") -> list[tuple[str, dict[str, object]]]:
+    """Every sub-schema of a JSON Schema that admits integers, with where it is."""
+    found: list[tuple[str, dict[str, object]]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            found.append((path, node))
+        for key, value in node.items():
+            found += _integer_nodes(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _integer_nodes(value, f"{path}/{i}")
+    return found
+
+
+def test_every_integer_in_the_json_schema_is_bounded_to_64_bits() -> None:
+    """The exported schema bounds every integer (envelope, payload, recipe values) to signed 64 bits."""
+    nodes = _integer_nodes(streams.json_schema())
+    assert len(nodes) > 20
+    for path, node in nodes:
+        if "const" in node:
+            continue  # a literal (schema_version) is its own bound
+        lo, hi = node.get("minimum"), node.get("maximum")
+        assert isinstance(lo, int) and lo >= -(2**63), f"{path} has no 64-bit minimum: {node}"
+        assert isinstance(hi, int) and hi <= INT64_MAX, f"{path} has no 64-bit maximum: {node}"
+
+
+def _heartbeat(**fields: object) -> bytes:
+    d = orjson.loads(encode(streams.example("AgentHeartbeat")))
+    d.update(fields)
+    return orjson.dumps(d)
+
+
+def _raw_with(fields: dict[str, str], base: streams.Event | None = None) -> bytes:
+    """``base`` encoded with some fields replaced by raw JSON text (for numbers orjson cannot write)."""
+    d = orjson.loads(encode(base or finished(1)))
+    marks = {}
+    for i, (key, literal) in enumerate(fields.items()):
+        d[key] = f"@@{i}@@"
+        marks[f'"@@{i}@@"'] = literal
+    out = orjson.dumps(d).decode()
+    for mark, literal in marks.items():
+        out = out.replace(mark, literal)
+    return out.encode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"experiments": str(2**70)}, "experiments"),
+        ({"model_version": str(2**63)}, "model_version"),
+        ({"experiments": str(2**63), "model_version": str(-(2**64))}, "experiments"),
+    ],
+)
+def test_integers_beyond_64_bits_are_refused_in_a_heartbeat(fields: dict[str, str], where: str) -> None:
+    """An agent heartbeat carrying an integer outside signed 64 bits is refused, naming the field;
+    the largest 64-bit value still passes."""
+    data = _raw_with(fields, streams.example("AgentHeartbeat"))
+    with pytest.raises(DecodeError, match=where):
+        decode(data)
+    edge = decode(_raw_with(dict.fromkeys(fields, str(INT64_MAX)), streams.example("AgentHeartbeat")))
+    assert isinstance(edge, streams.AgentHeartbeat) and edge.experiments in (12, INT64_MAX)
+
+
+@pytest.mark.parametrize("literal", [str(2**70), str(2**63), str(-(2**63) - 1), "1" + "0" * 400])
+def test_integers_beyond_64_bits_are_refused_in_a_recipe(literal: str) -> None:
+    """A recipe value that is an integer beyond 64 bits is refused (not read as a lossy float)."""
+    good = orjson.loads(encode(finished(1)))
+    recipe = orjson.dumps({**good["recipe"], "n_layer": "@@"}).decode().replace('"@@"', literal)
+    data = _raw_with({"recipe": recipe})
+    with pytest.raises(DecodeError, match=r"recipe|bad JSON"):
+        decode(data)
+
+
+def test_recipe_edges_pass_and_field_bounds_hold_while_huge_ints_fail() -> None:
+    """64-bit edge values in a recipe pass and fields keep their own lower bounds (≥ 0, ≥ 1),
+    while one integer past the edge in the same recipe is refused."""
+    recipe = finished(1, recipe={"a": INT64_MAX, "b": -(2**63), "c": True, "d": 0.5, "e": "x"})
+    assert decode(encode(recipe)) == recipe
+    with pytest.raises(DecodeError, match="experiments"):
+        decode(_raw_with({"experiments": "-1"}, streams.example("AgentHeartbeat")))
+    with pytest.raises(ValidationError):
+        streams.ModelPublished(**{**streams.example("ModelPublished").model_dump(), "version": 0})
+    with pytest.raises(ValidationError):
+        finished(1, recipe={"a": INT64_MAX + 1})
+
+
+def test_a_timestamp_outside_utc_years_is_refused() -> None:
+    """An occurred_at that lands outside years 1-9999 in UTC is refused (readers could not load it)."""
+    for ts in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00"):
+        with pytest.raises(DecodeError, match="occurred_at"):
+            decode(_raw_with({"occurred_at": f'"{ts}"'}))
+
+
+def test_missing_schema_version_is_read_as_current_and_reasons_name_the_real_errors() -> None:
+    """Without schema_version an event is judged as the current version (the schema's default):
+    a valid one decodes, an invalid one's reason names its actual errors."""
+    ev = finished(1)
+    d = orjson.loads(encode(ev))
+    del d["schema_version"]
+    assert decode(orjson.dumps(d)) == ev
+    d["seed"] = "7"
+    with pytest.raises(DecodeError) as err:
+        decode(orjson.dumps(d))
+    assert "seed" in err.value.reason and "schema_version" not in err.value.reason
+
+
+def test_dead_letter_reason_lists_every_error_within_a_bound() -> None:
+    """A reason lists every validation error (no "+N more"), and a flood of errors stays bounded."""
+    d = orjson.loads(encode(finished(1)))
+    d.update(seed="7", budget="x", status="maybe")
+    with pytest.raises(DecodeError) as err:
+        decode(orjson.dumps(d))
+    for field in ("seed", "budget", "status"):
+        assert field in err.value.reason
+    assert "more)" not in err.value.reason
+    d = orjson.loads(encode(finished(1)))
+    d["recipe"] = {f"k{i}": [i] for i in range(64)}
+    d["metrics"] = {f"m{i}": "x" for i in range(64)}
+    with pytest.raises(DecodeError) as err:
+        decode(orjson.dumps(d))
+    assert len(err.value.reason) <= 2000 and "more" in err.value.reason
+    assert "recipe.k0" in err.value.reason

@@ -78,6 +78,16 @@ def tail(path: Path, n: int = 1500) -> str:
         return ""
 
 
+def quiet(name: str) -> dict[str, Any]:
+    """Connect options for the soak's own clients: nats-py's default error callback prints a
+    traceback on every dropped connection, which the soak causes on purpose."""
+
+    async def on_error(e: Exception) -> None:
+        return None
+
+    return {"name": name, "error_cb": on_error}
+
+
 # --------------------------------------------------------------------------------------------
 # Components
 
@@ -296,7 +306,7 @@ class PacedLoad:
         )
 
     async def _run(self) -> None:
-        nc = await streams.connect(self.url, name="soak-load")
+        nc = await streams.connect(self.url, **quiet("soak-load"))
         try:
             pub = streams.Publisher(nc.jetstream())
             t0 = time.monotonic()
@@ -437,7 +447,7 @@ class Soak:
 
     async def provision_stream(self) -> None:
         """Create the HIVE stream (R3 on a cluster) before any client's ``ensure_stream`` does."""
-        nc = await streams.connect(self.url, name="soak-setup")
+        nc = await streams.connect(self.url, **quiet("soak-setup"))
         try:
             js = nc.jetstream()
             if self.nodes > 1:
@@ -622,14 +632,26 @@ class Soak:
     async def sample(self, nc: Any, load: PacedLoad) -> dict[str, Any]:
         """One sample: lag, stream size, resources, WAL and database sizes, load counters."""
         s: dict[str, Any] = {"t": self.now(), "phase": self.phase}
+        info: Any
+        status: Any
+        info, status = await asyncio.gather(
+            asyncio.wait_for(nc.jetstream().stream_info(streams.STREAM), 2.5),
+            nc.request(streams.STATUS_SUBJECT, b"{}", timeout=2.5),
+            return_exceptions=True,
+        )
         last_seq = applied = None
-        with contextlib.suppress(Exception):
-            info = await asyncio.wait_for(nc.jetstream().stream_info(streams.STREAM), 2.5)
+        errors = {}
+        if isinstance(info, BaseException):
+            errors["stream_info"] = type(info).__name__
+        else:
             last_seq = info.state.last_seq
             s["stream_bytes"] = info.state.bytes
-        with contextlib.suppress(Exception):
-            reply = await nc.request(streams.STATUS_SUBJECT, b"{}", timeout=2)
-            applied = orjson.loads(reply.data)["applied_seq"]
+        if isinstance(status, BaseException):
+            errors["status"] = type(status).__name__
+        else:
+            applied = orjson.loads(status.data)["applied_seq"]
+        if errors:
+            s["errors"] = errors  # no answer within 2.5 s: a paused or restarting component
         s["stream_last_seq"] = last_seq
         s["applied_seq"] = applied
         s["lag"] = max(0, last_seq - applied) if last_seq is not None and applied is not None else None
@@ -645,7 +667,7 @@ class Soak:
 
     async def sample_loop(self, stop: asyncio.Event, load: PacedLoad) -> None:
         """A sample every ``--sample`` seconds, with a progress line."""
-        nc = await streams.connect(self.url, name="soak-sampler")
+        nc = await streams.connect(self.url, **quiet("soak-sampler"))
         try:
             while not stop.is_set():
                 s = await self.sample(nc, load)
@@ -680,7 +702,7 @@ class Soak:
         self.scan_logs()
         caught_up: dict[str, Any] = {"caught_up": False}
         q0 = self.now()
-        nc = await streams.connect(self.url, name="soak-quiesce")
+        nc = await streams.connect(self.url, **quiet("soak-quiesce"))
         try:
             deadline = time.monotonic() + self.args.drain_timeout
             stable = 0
@@ -711,6 +733,9 @@ class Soak:
     async def run(self) -> dict[str, Any]:
         """Start everything, soak, quiesce and check; return the report."""
         a = self.args
+        main_task = asyncio.current_task()
+        if main_task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         (self.data / "logs").mkdir(parents=True, exist_ok=True)
         self.t0 = time.monotonic()
         await asyncio.to_thread(self.start_nats)
@@ -843,12 +868,13 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     soak = Soak(args, data)
     log(f"data dir {data}; seed {args.seed}")
-    # SIGTERM from a supervisor (make, CI) unwinds like Ctrl-C so teardown runs.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C cancels the run (a shell may have started us with SIGINT ignored: restore it);
+    # SIGTERM does the same (see Soak.run). Either way teardown stops every process by PID.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     report: dict[str, Any] | None = None
     try:
         report = asyncio.run(soak.run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted: stopping every process")
     finally:
         soak.teardown()

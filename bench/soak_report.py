@@ -88,6 +88,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, (ax_lag, ax_rss, ax_fd) = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
 
     ax_lag.plot(t, [s.get("lag") for s in samples], ".-", color="tab:blue", label="materializer lag (events)")
+    blind = [s["t"] for s in samples if s.get("lag") is None]
+    ax_lag.plot(blind, [0] * len(blind), "x", color="tab:red", label="no answer (lag unknown)")
+    ax_lag.legend(loc="center left", fontsize=7)
     ax_lag.set_ylabel("lag (events)")
     ax_seq = ax_lag.twinx()
     ax_seq.plot(
@@ -139,11 +142,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ha="right",
         )
     if drain:
-        ax_lag.annotate(
-            "drain (faults off, agents stopped)",
-            (min(drain), 0.5),
-            xycoords=("data", "axes fraction"),
-            fontsize=7,
+        ax_fd.annotate(
+            "drain", (min(drain), 0.5), xycoords=("data", "axes fraction"), fontsize=7, rotation=90
         )
     for f in report.get("failures", []):
         ax_lag.annotate(

@@ -68,6 +68,11 @@ class UpConfig:
     that takes minutes instead of seconds is what slows the hive's learning down."""
     secure: bool = False
     """Auth on: per-role credentials in ``<data>/credentials``, an embedded server that requires them."""
+    cluster: int = 1
+    """Embedded NATS nodes: above 1, a JetStream cluster on loopback (``<data>/nats-cluster``); from
+    3 the stream and buckets are R3 and the swarm rides out the loss of one node."""
+    durability: str = "default"
+    """The embedded server's fsync policy: ``default``, ``always`` or an interval (``30s``)."""
 
 
 _CREDENTIAL_ENV = (
@@ -116,7 +121,7 @@ class Swarm:
     def __init__(self, cfg: UpConfig, console: Console | None = None) -> None:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
-        self.server: streams.EmbeddedServer | None = None
+        self.server: streams.EmbeddedServer | streams.EmbeddedCluster | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stop = asyncio.Event()
         self.url = cfg.nats_url or ""
@@ -153,7 +158,11 @@ class Swarm:
         import json
 
         pids = {name: p.pid for name, p in self.procs.items()}
-        if self.server is not None and self.server.pid is not None:
+        if isinstance(self.server, streams.EmbeddedCluster):
+            for i, pid in enumerate(self.server.pids, 1):
+                if pid is not None:
+                    pids[f"nats-server-{i}"] = pid
+        elif self.server is not None and self.server.pid is not None:
             pids["nats-server"] = self.server.pid
         (self.cfg.data_dir / "up.pids").write_text(json.dumps(pids, indent=1))
 
@@ -246,13 +255,7 @@ class Swarm:
                 extra_config = (self.creds_dir / _auth.AUTH_FILE).read_text()
             keys = self._signing_keys()
             if not self.url:
-                self.server = streams.EmbeddedServer(
-                    port=cfg.port,
-                    http_port=cfg.http_port,
-                    store_dir=cfg.data_dir / "nats",
-                    log_file=cfg.data_dir / "nats.log",
-                    extra_config=extra_config,
-                ).start()
+                self.server = await asyncio.to_thread(self._start_server, extra_config)
                 self.url = self.server.url
             (cfg.data_dir / "nats.url").write_text(self.url + "\n")
             nc = await streams.connect(self.url, name="hive-up", **admin)
@@ -298,6 +301,8 @@ class Swarm:
                 )
             self.console.print(
                 f"[bold]hive up[/bold]: NATS {self.url}"
+                + (f" ({cfg.cluster}-node cluster)" if self._clustered() else "")
+                + (f" (sync {cfg.durability})" if self.server and cfg.durability != "default" else "")
                 + (f" (auth on, credentials in {self.creds_dir})" if cfg.secure else "")
                 + f", state in {cfg.data_dir}, {cfg.agents} agents "
                 f"({', '.join(cfg.types)}) on {cfg.task}"
@@ -310,9 +315,38 @@ class Swarm:
                 )
             last = await self._progress(nc)
             await nc.close()
+        except PermissionError as e:  # a read-only state directory: say so, not "cannot reach NATS"
+            where = e.filename or cfg.data_dir
+            raise streams.ServerError(f"permission denied: cannot write {where}") from None
         finally:
             self._shutdown()
         return last
+
+    def _clustered(self) -> bool:
+        return isinstance(self.server, streams.EmbeddedCluster)
+
+    def _start_server(self, extra_config: str) -> streams.EmbeddedServer | streams.EmbeddedCluster:
+        """The embedded NATS: one server (``<data>/nats``) or a cluster (``<data>/nats-cluster``)."""
+        cfg = self.cfg
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if cfg.cluster > 1:
+            return streams.EmbeddedCluster(
+                cfg.cluster,
+                port=cfg.port,
+                http_port=cfg.http_port,
+                store_dir=cfg.data_dir / "nats-cluster",
+                log_dir=self.logs,
+                durability=cfg.durability,
+                extra_config=extra_config,
+            ).start()
+        return streams.EmbeddedServer(
+            port=cfg.port,
+            http_port=cfg.http_port,
+            store_dir=cfg.data_dir / "nats",
+            log_file=cfg.data_dir / "nats.log",
+            durability=cfg.durability,
+            extra_config=extra_config,
+        ).start()
 
     async def _progress(self, nc: Any) -> dict[str, Any]:
         """Refresh the progress table (a live table on a terminal, a line every 5 s otherwise)."""
@@ -374,6 +408,8 @@ class Swarm:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        if self.server is None and not self.procs:
+            return  # nothing was started (e.g. the state directory is not writable)
         if self.server is not None:
             self.server.stop()
         self.console.print(

@@ -14,6 +14,7 @@ Durability (``sync``): ``"default"`` (the server's 2-minute ``sync_interval``), 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -243,7 +244,7 @@ def _check_writable(directory: Path) -> None:
     except PermissionError as e:
         raise PermissionError(e.errno, e.strerror, str(directory)) from None
     except OSError as e:
-        if e.errno == 30:  # EROFS: a read-only file system
+        if e.errno == errno.EROFS:  # a read-only file system
             raise PermissionError(e.errno, e.strerror, str(directory)) from None
         raise
     os.close(fd)
@@ -261,9 +262,11 @@ def ensure_writable_dir(directory: str | Path, what: str = "directory") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         _check_writable(path)
-    except PermissionError as e:
-        raise ServerError(f"permission denied: cannot write the {what} {e.filename or path}") from None
     except OSError as e:
+        if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+            raise ServerError(
+                f"permission denied: cannot write the {what} {path} ({e.strerror or e})"
+            ) from None
         raise ServerError(f"cannot use the {what} {path}: {e.strerror or e}") from None
     return path
 

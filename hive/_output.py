@@ -30,9 +30,18 @@ def render(result: QueryResult, fmt: str, console: Console | None = None) -> str
         for col, typ in zip(result.columns, result.types, strict=True):
             numeric = any(t in typ.upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "HUGEINT"))
             table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-        for row in result.rows:
-            table.add_row(*(_cell(v) for v in row))
-        console = console or Console()
+        cells = [[_cell(v) for v in row] for row in result.rows]
+        for row_cells in cells:
+            table.add_row(*row_cells)
+        if console is None:
+            console = Console()
+            if not console.is_terminal:
+                # Off a terminal (a pipe, a file, CI logs) there is no width to fit: give every
+                # column its full width instead of squeezing it to the 80-column default.
+                widths = [len(c) for c in result.columns]
+                for row_cells in cells:
+                    widths = [max(w, len(c)) for w, c in zip(widths, row_cells, strict=True)]
+                console = Console(width=max(80, sum(widths) + 3 * len(widths) + 1))
         console.print(table)
         note = f"{len(result.rows)} row(s)" + (" (truncated)" if result.truncated else "")
         console.print(f"[dim]{note}, {result.elapsed_ms:.1f} ms[/dim]")

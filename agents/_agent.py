@@ -20,9 +20,15 @@ Contract (what the runtime guarantees and what a subclass provides)
   (``replay = True`` on the class: from the beginning of the log), in log order, one at a time.
   An agent may be both active and reactive.
 * Inside an agent: ``self.publish(event)`` (awaits the stream's ack), ``self.new_event(cls, ...)``
-  (fills the envelope and a deterministic ``event_id``), ``self.query(sql, params)`` (the
+  (fills the envelope and an ``event_id`` that is deterministic within this process and carries
+  the runtime's incarnation token, so a restarted agent never reuses an id of its earlier run),
+  ``self.query(sql, params)`` (the
   materializer's read-only SQL), ``self.view`` (a local read model of the swarm: best recipe
   per task, noise floors, guidance) and ``self.policy`` (the shared model, when one is loaded).
+* ``publish``, ``query`` and the runtime's own NATS calls ride out a paused or restarting server:
+  a timeout or a lost connection is retried with capped exponential backoff (``nats_timeout_s``
+  per attempt, ``backoff`` for the waits and the patience); a publish retried keeps its
+  ``event_id``, so the stream stores it once.
 * Handlers and steps must not block the event loop: run CPU-bound work with
   ``await self.in_thread(fn, ...)``.
 """
@@ -37,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from streams import Event, TraceEvent
+
+from ._backoff import Backoff, retry_transient
 
 if TYPE_CHECKING:
     from ._runtime import AgentContext
@@ -68,6 +76,10 @@ class Agent:
     heartbeat_s: ClassVar[float] = 5.0
     stop_grace_s: ClassVar[float] = 10.0
     replay: ClassVar[bool] = False
+    nats_timeout_s: ClassVar[float] = 10.0
+    """How long one publish or query attempt waits for the server before it is retried."""
+    backoff: ClassVar[Backoff] = Backoff()
+    """Waits between retries of a NATS call that timed out, and how long to keep retrying."""
     handlers: ClassVar[dict[type[Event], list[str]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -128,8 +140,10 @@ class Agent:
         return self.ctx.model_version()
 
     def next_id(self, label: str) -> str:
-        """A deterministic, unique event id: ``<agent_id>/<label>/<n>``."""
-        return f"{self.agent_id}/{label}/{next(self._counter)}"
+        """A unique event id, ``<agent_id>/<label>/<incarnation>-<n>``: deterministic within this
+        process (a retried publish keeps it and is deduplicated) and different after a restart
+        (the incarnation token is drawn afresh at every process start)."""
+        return f"{self.agent_id}/{label}/{self.ctx.token}-{next(self._counter)}"
 
     def new_event(self, cls: type[E], *, event_id: str | None = None, **fields: Any) -> E:
         """Build an event with this agent's envelope filled in (and the model version on traces)."""
@@ -138,17 +152,31 @@ class Agent:
             envelope["model_version"] = self.model_version
         return cls(event_id=event_id or self.next_id(cls.__name__), **envelope, **fields)
 
-    async def publish(self, event: Event) -> None:
-        """Publish an event of this agent on its own subject and wait for the stream's ack."""
+    async def publish(self, event: Event, *, patience_s: float | None = None) -> None:
+        """Publish an event of this agent on its own subject and wait for the stream's ack.
+
+        A timeout or a lost connection is retried (same ``event_id``: stored once) for
+        ``patience_s`` (default: ``backoff.patience_s``) before the error is raised."""
         if event.agent_id != self.agent_id:
             raise ValueError(f"agent {self.agent_id} may only publish its own events, not {event.agent_id}'s")
-        await self.ctx.publisher.publish(event)
+        policy = self.backoff
+        if patience_s is not None:
+            policy = Backoff(policy.first_s, policy.cap_s, patience_s)
+        ack = await retry_transient(
+            lambda: self.ctx.publisher.publish(event, timeout=self.nats_timeout_s),
+            what=f"publish {event.kind}",
+            backoff=policy,
+            logger=self.log,
+        )
+        if self.ctx.on_ack is not None:
+            self.ctx.on_ack(event, ack)
 
     async def query(
         self, sql: str, params: list[Any] | None = None, timeout_s: float = 10.0
     ) -> list[dict[str, Any]]:
-        """Rows (as dicts) from the materializer's read-only SQL service."""
-        return await self.ctx.query(sql, params, timeout_s)
+        """Rows (as dicts) from the materializer's read-only SQL service (retried while the
+        service does not answer, as :meth:`publish`)."""
+        return await self.ctx.query(sql, params, timeout_s, backoff=self.backoff)
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work on this agent's own worker thread (one per agent)."""

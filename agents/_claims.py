@@ -3,6 +3,10 @@
 A claim is a key in the JetStream KV bucket ``hive_run_claims``: ``create`` succeeds for one
 agent only; the key is deleted when the run ends and expires after ``CLAIM_TTL_S`` if its
 holder died.
+
+Claiming and releasing ride out a paused server (timeouts are retried with capped backoff). A
+``create`` retried after a timeout may find the key already written by its own first attempt:
+the claim is then ours if the key holds our name.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import hashlib
 from typing import Any
 
 import orjson
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from streams._auth import RUN_CLAIM_TTL_S, RUN_CLAIMS_BUCKET
+
+from ._backoff import Backoff, retry_transient
 
 CLAIMS_BUCKET = RUN_CLAIMS_BUCKET
 CLAIM_TTL_S = RUN_CLAIM_TTL_S
@@ -28,12 +34,16 @@ def claim_key(task: str, recipe: dict[str, Any]) -> str:
 class Claims:
     """Claim / release recipes through the KV bucket (created on first use)."""
 
-    def __init__(self, js: Any) -> None:
+    def __init__(self, js: Any, backoff: Backoff | None = None) -> None:
         self.js = js
         self.kv: Any = None
+        self.backoff = backoff or Backoff()
 
     async def open(self) -> Claims:
         """Bind (or create) the claims bucket."""
+        return await retry_transient(self._open, what="open claims", backoff=self.backoff)
+
+    async def _open(self) -> Claims:
         try:
             self.kv = await self.js.key_value(CLAIMS_BUCKET)
         except (NotFoundError, BadRequestError):
@@ -46,12 +56,28 @@ class Claims:
     async def claim(self, task: str, recipe: dict[str, Any], holder: str) -> str | None:
         """Claim the pair for ``holder``; returns the key, or None if someone else holds it."""
         key = claim_key(task, recipe)
-        try:
+        attempts = 0
+
+        async def create() -> None:
+            nonlocal attempts
+            attempts += 1
             await self.kv.create(key, holder.encode())
+
+        try:
+            await retry_transient(create, what="claim", backoff=self.backoff)
         except KeyWrongLastSequenceError:
+            if attempts > 1 and await self._holder(key) == holder:  # our timed-out first try landed
+                return key
             return None
         return key
 
+    async def _holder(self, key: str) -> str | None:
+        try:
+            entry = await retry_transient(lambda: self.kv.get(key), what="claim holder", backoff=self.backoff)
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode(errors="replace") if entry.value else None
+
     async def release(self, key: str) -> None:
         """Release a claim (its run ended)."""
-        await self.kv.delete(key)
+        await retry_transient(lambda: self.kv.delete(key), what="release claim", backoff=self.backoff)

@@ -3,6 +3,10 @@
 One :class:`AgentRuntime` per process shares the NATS connection, the publisher, the local
 read model (fed from the log) and the model slot among its agents; each agent gets a
 heartbeat task and, if active, a work loop. SIGTERM/SIGINT stop everything gracefully.
+
+The runtime rides out a paused or restarting server: its own NATS calls (stream info, the
+lifecycle events, queries) retry timeouts with capped exponential backoff, heartbeats skip a
+beat instead of failing, and the log reader re-creates its consumer.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Callable
@@ -22,6 +27,7 @@ import streams
 from streams import AgentHeartbeat, AgentStarted, AgentStopped, DecodeError, Event
 
 from ._agent import Agent
+from ._backoff import Backoff, retry_transient
 from ._read_model import SwarmView
 
 log = structlog.get_logger("agents.runtime")
@@ -35,6 +41,8 @@ class ModelSlot:
     serial: int = 0
     policy: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    signature: str = ""
+    """The signature of the pointer the loaded model came from (to skip re-reading it)."""
 
 
 @dataclass
@@ -51,6 +59,8 @@ class AgentContext:
     log: Any
     token: str = "0"
     options: dict[str, Any] = field(default_factory=dict)
+    on_ack: Callable[[Event, Any], None] | None = None
+    """Called with every event the agent published and the stream's ack (tests, accounting)."""
 
     def policy(self) -> Any:
         """The loaded shared model, or None."""
@@ -77,7 +87,8 @@ class AgentRuntime:
     ``model_watcher``: an optional coroutine factory ``(js, slot) -> awaitable`` that keeps the
     model slot current (the distillation package provides one). ``keepers``: coroutine
     factories ``(nc, runtime) -> awaitable`` run beside the agents and cancelled at the end
-    (e.g. renewing a claimed identity; one may call ``runtime.stop()``).
+    (e.g. renewing a claimed identity; one may call ``runtime.stop()``). ``on_ack``: called
+    with ``(event, ack)`` for every event an agent of this runtime saw acknowledged.
     """
 
     def __init__(
@@ -87,19 +98,23 @@ class AgentRuntime:
         connect_options: dict[str, Any] | None = None,
         model_watcher: Callable[[Any, ModelSlot], Any] | None = None,
         keepers: list[Callable[[Any, AgentRuntime], Any]] | None = None,
+        on_ack: Callable[[Event, Any], None] | None = None,
     ) -> None:
         self.nats_url = nats_url
         self.keepers = keepers or []
         self.connect_options = connect_options or {}
         self.model_watcher = model_watcher
+        self.on_ack = on_ack
         self.view = SwarmView()
         self.slot = ModelSlot()
         self.agents: list[Agent] = []
         self._stop = asyncio.Event()
         self._view_ready = asyncio.Event()
         self.nc: Any = None
-        # distinguishes this process's lifecycle events from an earlier run of the same agent id
-        self.token = f"{os.getpid()}-{streams.utcnow().strftime('%Y%m%dT%H%M%S%f')}"
+        # The incarnation token: drawn afresh at every process start, it is in every event id the
+        # agents of this process make, so a restarted agent never reuses an id of an earlier run
+        # (the stream would drop such an event as a duplicate within its dedupe window).
+        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
 
     def stop(self) -> None:
         """Ask every agent to finish its current step and stop."""
@@ -119,11 +134,14 @@ class AgentRuntime:
                 loop.add_signal_handler(sig, self.stop)
         self.nc = await streams.connect(self.nats_url, name="hive-agents", **self.connect_options)
         js = self.nc.jetstream()
-        await streams.ensure_stream(js)
+        await retry_transient(lambda: streams.ensure_stream(js), what="ensure stream", logger=log)
         publisher = streams.Publisher(js)
         bg: list[asyncio.Task[Any]] = [asyncio.create_task(k(self.nc, self)) for k in self.keepers]
         try:
-            start_seq = (await js.stream_info(streams.STREAM)).state.last_seq
+            info = await retry_transient(
+                lambda: js.stream_info(streams.STREAM), what="stream info", logger=log
+            )
+            start_seq = info.state.last_seq
             for cls, agent_id, task in specs:
                 ctx = AgentContext(
                     agent_id=agent_id,
@@ -136,6 +154,7 @@ class AgentRuntime:
                     log=log.bind(agent_id=agent_id, agent_type=cls.type_name),
                     token=self.token,
                     options=dict(options or {}),
+                    on_ack=self.on_ack,
                 )
                 self.agents.append(cls(ctx))
             started = await asyncio.gather(*(self._start(a) for a in self.agents))
@@ -162,15 +181,26 @@ class AgentRuntime:
         self.stop()
 
     async def _query(
-        self, sql: str, params: list[Any] | None = None, timeout_s: float = 10.0
+        self,
+        sql: str,
+        params: list[Any] | None = None,
+        timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
     ) -> list[dict[str, Any]]:
-        res = await streams.remote_query(self.nc, sql, params=params, timeout_s=timeout_s)
+        res = await retry_transient(
+            lambda: streams.remote_query(self.nc, sql, params=params, timeout_s=timeout_s),
+            what="query",
+            backoff=backoff,
+            logger=log,
+            transient=_unanswered_query,
+        )
         return [dict(zip(res.columns, row, strict=True)) for row in res.rows]
 
     async def _feed(self, start_seq: int, classes: list[type[Agent]]) -> None:
         """Fold the log into the read model and dispatch new events to the agents' handlers."""
         wanted = {et for cls in classes for et in cls.handlers}
-        reader = await streams.LogReader(self.nc, filter_subject=">" if wanted else "hive.traces.>").start()
+        reader = streams.LogReader(self.nc, filter_subject=">" if wanted else "hive.traces.>")
+        await retry_transient(reader.start, what="log reader", logger=log)
         try:
             while True:
                 try:
@@ -225,11 +255,12 @@ class AgentRuntime:
             return False
 
     async def _stopped(self, agent: Agent, reason: str) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a stop must not wait long for a server that is gone
             await agent.publish(
                 agent.new_event(
                     AgentStopped, event_id=f"{agent.agent_id}/stopped/{self.token}", reason=reason[:200]
-                )
+                ),
+                patience_s=min(agent.backoff.patience_s, agent.stop_grace_s),
             )
         agent.close_executor()
 
@@ -278,7 +309,7 @@ class AgentRuntime:
         n = 0
         while True:
             n += 1
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # not retried: the next beat supersedes a lost one
                 await agent.publish(
                     agent.new_event(
                         AgentHeartbeat,
@@ -286,6 +317,15 @@ class AgentRuntime:
                         state=agent.state[:200],
                         model_version=agent.model_version,
                         experiments=agent.experiments,
-                    )
+                    ),
+                    patience_s=0.0,
                 )
             await asyncio.sleep(agent.heartbeat_s)
+
+
+def _unanswered_query(e: BaseException) -> bool:
+    """A query that nobody answered in time (server paused, materializer restarting): retry it.
+    A refusal or a failed statement is not retried."""
+    return isinstance(e, streams.QueryError) and (
+        "did not answer in time" in str(e) or "no query service is answering" in str(e)
+    )

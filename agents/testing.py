@@ -14,7 +14,9 @@ The checks: the type loads through the registry; it runs under the runtime and s
 gracefully on request; it publishes ``AgentStarted``, heartbeats and ``AgentStopped``; every
 event it publishes is valid, carries its own agent id and type, and sits on its own subject;
 event ids are unique; trace events name a task and a model version; active types publish
-traces; reactive types receive the events their handlers declare.
+traces; reactive types receive the events their handlers declare; a second incarnation of the
+same agent id (a restart) publishes no event id of the first with other content (ids are unique
+across restarts), and every event the agent saw acknowledged is in the stream.
 """
 
 from __future__ import annotations
@@ -63,25 +65,33 @@ class AgentConformance:
         """Run the agent for ``run_seconds`` beside a feeder of finished experiments, then read the log."""
         return asyncio.run(cls._session(server.url, agent_class))
 
+    @pytest.fixture(scope="class")
     @classmethod
-    async def _session(suite, url: str, cls: type[Agent]) -> dict[str, Any]:
+    def restarted(cls, session: dict[str, Any], server: streams.EmbeddedServer) -> dict[str, Any]:
+        """A second incarnation of the same agent id, run after the first one stopped (a restart)."""
+        return asyncio.run(cls._session(server.url, session["cls"], incarnation=2))
+
+    @classmethod
+    async def _session(suite, url: str, cls: type[Agent], incarnation: int = 1) -> dict[str, Any]:
         nc = await streams.connect(url)
         js = nc.jetstream()
         await streams.ensure_stream(js)
-        runtime = AgentRuntime(url)
+        acked: list[tuple[streams.Event, bool]] = []
+        runtime = AgentRuntime(url, on_ack=lambda ev, ack: acked.append((ev, bool(ack.duplicate))))
         agent_id = f"conf-{os.getpid()}"
+        seconds = suite.run_seconds if incarnation == 1 else suite.run_seconds / 2
         run = asyncio.create_task(runtime.run([(cls, agent_id, suite.task)], options=dict(suite.options)))
         # Feed events a reactive agent could want: finished experiments of another agent, ok and failed.
         pub = streams.Publisher(js)
         for i in range(12):
-            await asyncio.sleep(suite.run_seconds / 16)
+            await asyncio.sleep(seconds / 16)
             await pub.publish(
                 streams.ExperimentFinished(
-                    event_id=f"feeder/run-{i}/finish",
+                    event_id=f"feeder/run-{incarnation}-{i}/finish",
                     agent_id="feeder",
                     agent_type="feeder",
                     task=suite.task or "hartmann6/0",
-                    run_id=f"run-{i}",
+                    run_id=f"run-{incarnation}-{i}",
                     recipe={"x1": 0.1 * i},
                     seed=i,
                     budget=1.0,
@@ -92,7 +102,7 @@ class AgentConformance:
                     error="diverged: loss is nan" if i % 3 == 0 else None,
                 )
             )
-        await asyncio.sleep(suite.run_seconds / 4)
+        await asyncio.sleep(seconds / 4)
         t_stop = asyncio.get_running_loop().time()
         runtime.stop()
         await asyncio.wait_for(run, cls.stop_grace_s + 30)
@@ -108,7 +118,14 @@ class AgentConformance:
             for e in entries
             if e.subject.split(".")[-1] == agent_id or f".{agent_id}." in e.subject
         ]
-        return {"agent_id": agent_id, "entries": entries, "mine": mine, "stop_s": stop_s, "cls": cls}
+        return {
+            "agent_id": agent_id,
+            "entries": entries,
+            "mine": mine,
+            "stop_s": stop_s,
+            "cls": cls,
+            "acked": acked,
+        }
 
     # --------------------------------------------------------------- the checks
     def test_type_name_is_a_subject_token(self, agent_class: type[Agent]) -> None:
@@ -138,6 +155,35 @@ class AgentConformance:
         ids = [ev.event_id for _, ev in session["mine"]]
         assert len(ids) == len(set(ids))
 
+    def test_event_ids_are_unique_across_restarts(
+        self, session: dict[str, Any], restarted: dict[str, Any]
+    ) -> None:
+        """A restarted agent (same id, new process) never reuses an event id of its earlier
+        incarnation for a different event: the server would drop it as a duplicate. (An id the
+        type derives from content, re-published with the same content, is a harmless retry.)"""
+        first = {ev.event_id: ev for ev, _ in session["acked"]}
+        assert restarted["acked"], "the second incarnation published nothing"
+        clashes = [
+            ev.event_id
+            for ev, _ in restarted["acked"]
+            if ev.event_id in first and _content(first[ev.event_id]) != _content(ev)
+        ]
+        assert not clashes, f"event ids of the first incarnation reused for other events: {clashes[:5]}"
+
+    def test_every_acked_event_is_stored(self, session: dict[str, Any], restarted: dict[str, Any]) -> None:
+        """Every event the agent saw acknowledged, in both incarnations, is in the stream with
+        the content it published (none was silently deduplicated away), and the stream holds
+        exactly as many of the agent's events as it published distinct ids."""
+        stored: dict[str, streams.Event] = {}
+        for _, ev in restarted["mine"]:  # the log read after both incarnations
+            stored.setdefault(ev.event_id, ev)
+        acked = session["acked"] + restarted["acked"]
+        lost = [ev.event_id for ev, _ in acked if ev.event_id not in stored]
+        assert not lost, f"acked but not in the stream: {lost[:5]}"
+        dropped = [ev.event_id for ev, _ in acked if _content(stored[ev.event_id]) != _content(ev)]
+        assert not dropped, f"acked as duplicates of other events (dropped): {dropped[:5]}"
+        assert len(stored) == len({ev.event_id for ev, _ in acked})
+
     def test_traces_carry_task_and_model_version(self, session: dict[str, Any]) -> None:
         """Trace events name their task instance and the model version they came from."""
         for _, ev in session["mine"]:
@@ -156,3 +202,8 @@ class AgentConformance:
             assert issubclass(et, streams.Event)
             for name in names:
                 assert asyncio.iscoroutinefunction(getattr(agent_class, name))
+
+
+def _content(event: streams.Event) -> dict[str, Any]:
+    """What an event says, without the time it was built at (a retry may rebuild it)."""
+    return event.model_dump(mode="json", exclude={"occurred_at"})

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import Agent, Task, on
+from agents._backoff import Backoff
 from agents.builtin.researcher import Researcher
 from streams import ExperimentFinished, GuidancePublished
 
@@ -55,6 +56,29 @@ class FastResearcher(Researcher):
 
     type_name: ClassVar[str] = "fastresearcher"
     heartbeat_s: ClassVar[float] = 0.3
+
+
+class PatientResearcher(Researcher):
+    """A researcher with short NATS timeouts (1 s per attempt, backoff capped at 1 s), so a test
+    can pause the server for longer than every client timeout without waiting minutes."""
+
+    type_name: ClassVar[str] = "patientresearcher"
+    heartbeat_s: ClassVar[float] = 0.5
+    nats_timeout_s: ClassVar[float] = 1.0
+    backoff: ClassVar[Backoff] = Backoff(first_s=0.1, cap_s=1.0, patience_s=120.0)
+
+
+class ReadmeEcho(Agent):
+    """The README's example agent, verbatim: guidance with ``new_event``'s default event ids."""
+
+    type_name: ClassVar[str] = "readmeecho"
+
+    @on(ExperimentFinished)
+    async def seen(self, event: ExperimentFinished) -> None:
+        """Answer a finished experiment with guidance naming it."""
+        await self.publish(
+            self.new_event(GuidancePublished, task=event.task, topic="echo", hint=f"saw {event.event_id}")
+        )
 
 
 class Echo(Agent):

@@ -36,3 +36,10 @@ class TestUserDefinedConformance(AgentConformance):
 
     agent_type = "tests.custom_agents:Echo"
     task = None
+
+
+class TestReadmeEchoConformance(AgentConformance):
+    """The README's example type (default ``new_event`` ids) passes, restarts included."""
+
+    agent_type = "tests.custom_agents:ReadmeEcho"
+    task = None

@@ -41,7 +41,7 @@ class Researcher(Agent):
         """Load the task and open the claims bucket."""
         self.task = load_task(self.task_ref or DEFAULT_TASK)
         self.rng = random.Random(zlib.crc32(f"{self.agent_id}/{self.ctx.token}".encode()))
-        self.claims = await Claims(self.ctx.js).open()
+        self.claims = await Claims(self.ctx.js, self.backoff).open()
         self.budget = float(self.ctx.options.get("budget") or self.task.default_budget)
         self.runs = 0
 

@@ -451,44 +451,60 @@ def test_credentials_command(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the NATS config itself
-def local_nats_config(text: str, *, store_dir: Path, ports_dir: Path) -> str:
-    """``docker/nats.conf`` moved to loopback: random client and monitoring ports, a temporary store."""
+def local_nats_config(
+    text: str, *, store_dir: Path, ports_dir: Path, route_port: int = 0, routes: list[int] | None = None
+) -> str:
+    """``docker/nats.conf`` moved to loopback: random client and monitoring ports, a temporary store,
+    and the cluster's route listener and routes on the given loopback ports."""
     text, n1 = re.subn(r"(?m)^listen:.*$", "listen: 127.0.0.1:-1", text)
     text, n2 = re.subn(r"(?m)^http:.*$", f'http: 127.0.0.1:-1\nports_file_dir: "{ports_dir}"', text)
     text, n3 = re.subn(r"(?m)^(\s*)store_dir:.*$", rf'\1store_dir: "{store_dir}"', text)
     assert (n1, n2, n3) == (1, 1, 1), "docker/nats.conf must have one listen, http and store_dir line"
+    route_list = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes or [])
+    text, n4 = re.subn(
+        r"(?ms)^cluster \{.*?^\}",
+        f"cluster {{\n  name: hive\n  listen: 127.0.0.1:{route_port or -1}\n"
+        f"  routes: [\n{route_list}\n  ]\n}}",
+        text,
+    )
+    assert n4 == 1, "docker/nats.conf must have one cluster block"
     return text
 
 
-@pytest.fixture
-def compose_nats(creds_dir: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """nats-server running docker/nats.conf + the generated auth.conf; yields (client url, monitor url)."""
-    conf = creds_dir / "nats.conf"  # beside auth.conf, so `include ./auth.conf` resolves as in the container
-    conf.write_text(local_nats_config(NATS_CONF.read_text(), store_dir=tmp_path / "js", ports_dir=tmp_path))
-    proc = subprocess.Popen(
-        [streams.find_nats_server(), "-c", str(conf), "-l", str(tmp_path / "nats.log")],
+COMPOSE_NODES = {"nats": "nats-1", "nats-2": "nats-2", "nats-3": "nats-3"}
+"""The compose NATS services and the server names compose gives them (NATS_SERVER_NAME)."""
+
+
+def _start_node(conf: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [streams.find_nats_server(), "-c", str(conf), "-l", str(log)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **env},
     )
-    try:
-        ports_file = tmp_path / f"nats-server_{proc.pid}.ports"
-        deadline = time.monotonic() + 15
-        ports: dict[str, list[str]] = {}
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ports = json.loads(ports_file.read_text())
-                if ports.get("nats") and ports.get("monitoring"):
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None and ports, (
-            f"nats-server did not start: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}"
-        )
-        yield ports["nats"][0], ports["monitoring"][0]
-    finally:
+
+
+def _ports(proc: subprocess.Popen[bytes], ports_dir: Path) -> dict[str, list[str]]:
+    ports_file = ports_dir / f"nats-server_{proc.pid}.ports"
+    deadline = time.monotonic() + 15
+    ports: dict[str, list[str]] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ports = json.loads(ports_file.read_text())
+            if ports.get("nats") and ports.get("monitoring"):
+                return ports
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
+    raise AssertionError(f"nats-server did not start: {err}")
+
+
+def _stop_nodes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
         proc.terminate()
+    for proc in procs:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -498,12 +514,101 @@ def compose_nats(creds_dir: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
             proc.stderr.close()
 
 
+@pytest.fixture
+def compose_nats(creds_dir: Path, tmp_path: Path, compose_env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """The compose NATS cluster: three nats-servers running docker/nats.conf + the generated
+    auth.conf, each with its compose environment (NATS_SERVER_NAME, HIVE_NATS_SYNC), routed to
+    each other on loopback; yields (the client URL list, node 1's monitor URL) once healthy."""
+    specs = compose_services(COMPOSE, env=compose_env)
+    routes = [streams.free_port() for _ in COMPOSE_NODES]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        urls, monitors = [], []
+        for i, service in enumerate(COMPOSE_NODES):
+            node_dir = tmp_path / service
+            node_dir.mkdir()
+            # beside auth.conf, so `include ./auth.conf` resolves as in the container
+            conf = creds_dir / f"{service}.conf"
+            conf.write_text(
+                local_nats_config(
+                    NATS_CONF.read_text(),
+                    store_dir=node_dir / "js",
+                    ports_dir=node_dir,
+                    route_port=routes[i],
+                    routes=routes,
+                )
+            )
+            proc = _start_node(conf, node_dir / "nats.log", specs[service].environment)
+            procs.append(proc)
+            ports = _ports(proc, node_dir)
+            urls.append(ports["nats"][0])
+            monitors.append(ports["monitoring"][0])
+        deadline = time.monotonic() + 60
+        while not all(_healthz(m) for m in monitors):
+            assert time.monotonic() < deadline, "the compose NATS cluster never became healthy"
+            time.sleep(0.2)
+        yield ",".join(urls), monitors[0]
+    finally:
+        _stop_nodes(procs)
+
+
+def test_compose_runs_a_three_node_nats_cluster(compose_env: dict[str, str]) -> None:
+    """The default compose file runs three NATS nodes from one config, each with its own server
+    name and JetStream volume, the fsync policy selectable (HIVE_NATS_SYNC, default 120s), and the
+    services' URL list names every node."""
+    model = load_compose(COMPOSE, env={k: v for k, v in compose_env.items() if k != "HIVE_NATS_URL"})
+    svcs = model["services"]
+    nodes = {n: svcs[n] for n in COMPOSE_NODES}
+    assert {s["environment"]["NATS_SERVER_NAME"] for s in nodes.values()} == set(COMPOSE_NODES.values())
+    assert {s["environment"]["HIVE_NATS_SYNC"] for s in nodes.values()} == {"120s"}
+    stores = {next(v for v in s["volumes"] if v.endswith(":/data")) for s in nodes.values()}
+    assert len(stores) == 3, "each node keeps its own JetStream store"
+    assert all(s["command"] == ["nats-server", "--config", "/etc/nats/nats.conf"] for s in nodes.values())
+    assert [n for n, s in nodes.items() if s.get("ports")] == ["nats"], "only one node is published"
+    assert model["x-hive-env"]["HIVE_NATS_URL"] == ",".join(f"nats://{n}:4222" for n in COMPOSE_NODES)
+    conf = NATS_CONF.read_text()
+    assert "server_name: $NATS_SERVER_NAME" in conf and "sync_interval: $HIVE_NATS_SYNC" in conf
+    for n in COMPOSE_NODES:
+        assert f"nats-route://{n}:6222" in conf
+    always = load_compose(COMPOSE, env={**compose_env, "HIVE_NATS_SYNC": "always"})["services"]
+    assert {always[n]["environment"]["HIVE_NATS_SYNC"] for n in COMPOSE_NODES} == {"always"}
+
+
+def test_compose_nats_sync_always_is_selectable(
+    creds_dir: Path, compose_env: dict[str, str], tmp_path: Path
+) -> None:
+    """HIVE_NATS_SYNC=always reaches the server through docker/nats.conf: /varz reports
+    sync_always (fsync before every ack)."""
+    env = compose_services(COMPOSE, env={**compose_env, "HIVE_NATS_SYNC": "always"})["nats"].environment
+    conf = creds_dir / "nats-always.conf"
+    own, absent = streams.free_port(), streams.free_port()  # a cluster node needs a route to try
+    conf.write_text(
+        local_nats_config(
+            NATS_CONF.read_text(),
+            store_dir=tmp_path / "js",
+            ports_dir=tmp_path,
+            route_port=own,
+            routes=[own, absent],
+        )
+    )
+    proc = _start_node(conf, tmp_path / "nats.log", env)
+    try:
+        monitor = _ports(proc, tmp_path)["monitoring"][0]
+        with urllib.request.urlopen(f"{monitor}/varz", timeout=5) as r:
+            varz = json.loads(r.read())
+        assert varz["jetstream"]["config"]["sync_always"] is True
+        assert varz["server_name"] == "nats-1"
+    finally:
+        _stop_nodes([proc])
+
+
 async def test_compose_nats_config_runs_and_materializer_provisions(
     compose_nats: tuple[str, str], creds_dir: Path
 ) -> None:
-    """docker/nats.conf + auth.conf start a real server: /healthz is ok, /varz states the 2-minute
-    sync interval and auth; the materializer role provisions HIVE and the claims bucket; an agent
-    replica claims an identity from its pool and publishes its own trace; no login, no entry."""
+    """docker/nats.conf + auth.conf start a real 3-node cluster: /healthz is ok, /varz states the
+    2-minute sync interval and auth; the materializer role provisions HIVE (R3) and the claims
+    bucket; an agent replica claims an identity from its pool and publishes its own trace; no
+    login, no entry."""
     import nats.errors
 
     url, monitor = compose_nats
@@ -521,7 +626,9 @@ async def test_compose_nats_config_runs_and_materializer_provisions(
         js = mat.jetstream()
         await streams.ensure_stream(js)
         await auth.ensure_agent_buckets(js)
-        assert (await js.stream_info(streams.STREAM)).config.subjects == streams.STREAM_SUBJECTS
+        info = await js.stream_info(streams.STREAM)
+        assert info.config.subjects == streams.STREAM_SUBJECTS
+        assert info.config.num_replicas == 3, "compose runs the stream replicated on all three nodes"
     finally:
         await mat.close()
 
@@ -716,10 +823,11 @@ async def test_compose_swarm_runs_as_local_processes(
     (pinning HIVE_MODEL_PUBKEY from .env) load and use: experiments with model_version >= 1."""
     url, monitor = compose_nats
     env = {**compose_env, **EMULATION_VARS}
+    nodes = {f"{n}:4222": u.split("://", 1)[1] for n, u in zip(COMPOSE_NODES, url.split(","), strict=True)}
     specs = compose_services(
         COMPOSE,
         env=env,
-        addresses={"nats:4222": url.split("://", 1)[1]},
+        addresses=nodes,
         data_root=tmp_path / "volumes",
     )
     swarm = LocalCompose(specs, tmp_path / "run", healthy={"nats": lambda: _healthz(monitor)})

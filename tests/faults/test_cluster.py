@@ -163,3 +163,53 @@ async def test_repeated_node_kills_and_restarts_lose_nothing(
         ("kill-follower", 2.0),
     ]
     await _run_campaign(cluster, spawn, tmp_path / "hive.duckdb", plan)
+
+
+@pytest.mark.faults_full  # a whole swarm start and stop: ~1-2 min on a loaded 2-core machine
+async def test_hive_up_cluster_runs_three_nodes_with_r3_and_sync_always(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """`hive up --cluster 3 --sync always` runs three nats-server processes (in up.pids), writes
+    the URL list to DATA/nats.url, provisions HIVE as R3, every node fsyncs always (/varz), an
+    agent's traces reach DuckDB, and stopping it stops every node."""
+    import urllib.request
+
+    from tests.conftest import db_rows, pid_alive
+
+    data = tmp_path / "data"
+    up = spawn(
+        "up", "--cluster", "3", "--sync", "always", "--data", str(data), "--agents", "1",
+        "--types", "researcher", "--task", "sleep/0", "--no-distill", "--duration", "0",
+        "--port", "0", "--http-port", "0",
+    )  # fmt: skip
+    url_file = data / "nats.url"
+    await wait_for(url_file.exists, timeout=90, what=f"DATA/nats.url\n{up.output()[-2000:]}")
+    url = url_file.read_text().strip()
+    assert len(url.split(",")) == 3, url
+    pids_file = data / "up.pids"
+    await wait_for(lambda: pids_file.exists() and b"researcher" in pids_file.read_bytes(), timeout=60)
+    pids = orjson.loads(pids_file.read_bytes())
+    nodes = [pids[f"nats-server-{i}"] for i in (1, 2, 3)]
+    nc = await streams.connect(url)
+    try:
+        info = await wait_for(
+            lambda: nc.jetstream().stream_info(streams.STREAM), timeout=60, what="the HIVE stream"
+        )
+        assert info.config.num_replicas == 3
+        assert len(sorted((data / "logs").glob("nats-*.log"))) == 3
+        await wait_for(
+            lambda: db_rows(data / "hive.snapshot.duckdb", "SELECT count(*) FROM experiments")[0][0] > 0,
+            timeout=90,
+            what="a trace in the snapshot",
+        )
+    finally:
+        await nc.close()
+    monitors = [
+        ln for ln in (data / "logs" / "nats-1.log").read_text().splitlines() if "monitor" in ln.lower()
+    ]
+    assert monitors, "node 1 logs its monitoring listener"
+    port = monitors[0].rsplit(":", 1)[1].strip()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as r:
+        assert orjson.loads(r.read())["jetstream"]["config"]["sync_always"] is True
+    assert up.stop(60) == 0, up.output()[-3000:]
+    assert not any(pid_alive(p) for p in nodes), "every node stopped with hive up"

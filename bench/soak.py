@@ -59,6 +59,9 @@ import soak_report  # noqa: E402
 
 from tests.faults.checker import applied_state, check, read_stream  # noqa: E402
 
+LINGER_S = 10.0
+"""Seconds an agent process whose only agent failed may take to exit before the soak restarts it."""
+
 CHILD_ENV = {**os.environ, "HIVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
 
 
@@ -399,6 +402,8 @@ class Soak:
     unclean_stops: list[str] = field(default_factory=list)
     log_offsets: dict[str, int] = field(default_factory=dict)
     conn_errors: dict[str, int] = field(default_factory=dict)
+    agent_failed_at: dict[str, float] = field(default_factory=dict)
+    lingering: list[str] = field(default_factory=list)
     phase: str = "soak"
     samples: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -548,7 +553,8 @@ class Soak:
         """Record new error-level log events of every hive process; return agents whose agent failed.
 
         An agent process runs ``--per-agent`` agents; when one logs ``agent_failed`` and it ran
-        only one, the process is alive but useless, so the soak (the supervisor) restarts it.
+        only one, the process should exit; if it lingers on for ``LINGER_S``, alive but useless,
+        the soak (the supervisor) restarts it and reports it.
         """
         dead: list[Component] = []
         for c in self.components:
@@ -589,8 +595,15 @@ class Soak:
         """Restart anything that exited on its own (an unexpected exit) or whose only agent failed."""
         while not stop.is_set():
             for c in self.scan_logs():
-                if c.alive() and not c.down_by_fault:
-                    log(f"restarting {c.name}: its agent failed but the process did not exit")
+                self.agent_failed_at.setdefault(c.name, self.now())
+            for name, t in list(self.agent_failed_at.items()):
+                c = next(c for c in self.components if c.name == name)
+                if not c.alive() or c.down_by_fault:
+                    del self.agent_failed_at[name]  # it exited: restarted below as an unexpected exit
+                elif self.now() - t > LINGER_S:
+                    del self.agent_failed_at[name]
+                    log(f"restarting {c.name}: its only agent failed, the process lingers on")
+                    self.lingering.append(f"{self.now()}s {c.name}")
                     c.down_by_fault = True
                     if not await asyncio.to_thread(c.stop, 10):
                         self.unclean_stops.append(f"{self.now()}s {c.name} (its agent had failed)")
@@ -807,6 +820,7 @@ class Soak:
             "failures": [asdict(f) for f in self.failures],
             "unclean_stops": self.unclean_stops,
             "client_connection_errors": self.conn_errors,
+            "lingering_agent_processes": self.lingering,
             "restarts": {c.name: c.starts - 1 for c in self.components},
             "bounds": bounds,
             "notes": self.notes,
@@ -906,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"unexpected exit at {c['t']}s: {c['name']} exit={c['exit_code']} after {c['after_fault']}")
     for f in report["failures"]:
         log(f"component error at {f['t']}s: {f['name']} {f['event']}: {f['error']} after {f['after_fault']}")
+    for g in report["lingering_agent_processes"]:
+        log(f"agent process lingered on after its only agent failed: {g}")
     for u in report["unclean_stops"]:
         log(f"did not stop on SIGTERM within the grace period: {u}")
     print(soak_report.summary_line(report), flush=True)

@@ -12,6 +12,8 @@ import click
 import streams
 from streams import _auth as streams_auth
 
+from ._signals import until_signal
+
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
 
@@ -109,7 +111,17 @@ def agent_run(
         keepers.append(_identity_keeper(claim))
     runtime = AgentRuntime(url, model_watcher=watcher, connect_options=connect_opts, keepers=keepers)
     specs = [(cls, i, task) for i in ids]
-    asyncio.run(runtime.run(specs, duration_s=duration, options={"budget": budget}))
+
+    def connected() -> bool:  # before this, a stop signal cancels the connect attempts at once
+        return runtime.nc is not None and bool(runtime.nc.is_connected)
+
+    asyncio.run(
+        until_signal(
+            lambda: runtime.run(specs, duration_s=duration, options={"budget": budget}),
+            runtime.stop,
+            started=connected,
+        )
+    )
 
 
 def _identity_keeper(claim: Any) -> Any:

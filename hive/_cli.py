@@ -15,36 +15,41 @@ import orjson
 
 import streams
 
+from ._cli_errors import HiveGroup
 from ._logging import configure_logging
-from ._oneshot import connect_once
+from ._oneshot import connect_once, one_shot_options
 from ._output import FORMATS, render
 from ._query import QueryError, QueryResult, remote_query, run_read_only
+from ._signals import until_signal
 from ._store import DatabaseLocked, connect_db, snapshot_path_for
 
 T = TypeVar("T")
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
 
 
-
 def _run(coro: Awaitable[T]) -> T:
-    """Run a coroutine, turning the errors users cause into a clean message and exit code 1."""
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except (DatabaseLocked, QueryError, streams.ServerError) as e:
-        raise click.ClickException(str(e)) from None
-    except (ConnectionRefusedError, OSError) as e:
-        raise click.ClickException(f"cannot reach NATS: {e}") from None
+    """Run a coroutine to completion.
+
+    The errors users cause (unreachable or invalid NATS, a locked or foreign database, a full
+    stream …) become one ``Error:`` line in :class:`HiveGroup`, the choke point of every command.
+    """
+    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def _until_signal(task_factory: Callable[[], Awaitable[Any]], on_stop: Callable[[], None]) -> Any:
-    """Run a long-lived coroutine; SIGINT/SIGTERM call ``on_stop`` for a graceful finish."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_stop)
-    return await task_factory()
+async def _until_signal(
+    task_factory: Callable[[], Awaitable[T]],
+    on_stop: Callable[[], None],
+    started: Callable[[], bool] | None = None,
+) -> T | None:
+    """Run a long-lived coroutine; SIGINT/SIGTERM call ``on_stop`` for a graceful finish, and
+    cancel it outright while ``started()`` is false (still connecting) or after a grace period.
+    Returns None when a signal cancelled it (see :func:`hive._signals.until_signal`)."""
+    return await until_signal(task_factory, on_stop, started=started or (lambda: True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=HiveGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.option(
     "--log-format",
     type=click.Choice(["console", "json"]),
@@ -182,7 +187,10 @@ def materialize(url: str, db: str, batch: int, snapshot: str | None, snapshot_ev
     from ._materializer import Materializer
 
     m = Materializer(url, db, batch_size=batch, snapshot_path=snapshot, snapshot_every_s=snapshot_every)
-    stats = _run(_until_signal(m.run, m.stop))
+    stats = _run(_until_signal(m.run, m.stop, started=m.ready.is_set))
+    if stats is None:
+        click.echo("materializer stopped before it was connected to NATS", err=True)
+        return
     click.echo(f"materializer stopped at seq {stats.applied_seq} ({stats.events} events this run)", err=True)
 
 
@@ -216,7 +224,11 @@ def publish(url: str, skip_invalid: bool, file: Any) -> None:
         try:
             js = nc.jetstream()
             await streams.ensure_stream(js)
-            acks = await streams.Publisher(js).publish_acked(events)
+            try:
+                acks = await streams.Publisher(js).publish_acked(events)
+            except streams.PublishError as e:
+                stored = f"{e.acked} of {len(events)} event(s) stored before it"
+                raise click.ClickException(f"{e}; {stored}") from None
             return len(acks), sum(1 for a in acks if a.duplicate)
         finally:
             await nc.close()
@@ -366,7 +378,8 @@ def rebuild(url: str, db: str) -> None:
     from ._materializer import rebuild as do_rebuild
 
     t0 = time.perf_counter()
-    seq = _run(do_rebuild(url, db))
+    # Bounded: an unreachable server (or one lost for good mid-replay) ends the rebuild with a message.
+    seq = _run(do_rebuild(url, db, connect_options=one_shot_options()))
     dt = time.perf_counter() - t0
     click.echo(f"rebuilt {db} through seq {seq} in {dt:.2f}s ({seq / dt if dt else 0:.0f} events/s)")
 

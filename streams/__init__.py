@@ -70,7 +70,7 @@ from ._events import (
     utcnow,
 )
 from ._examples import example
-from ._publisher import Publisher
+from ._publisher import NoStreamError, Publisher, PublishError, StreamFullError
 from ._query_client import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, QueryResult, remote_query
 from ._server import (
     DURABILITY_DOC,
@@ -145,13 +145,16 @@ __all__ = [
     "ModelPublished",
     "ModelRejected",
     "ModelStore",
+    "NoStreamError",
     "Permissions",
+    "PublishError",
     "Publisher",
     "QueryError",
     "QueryResult",
     "ServerError",
     "SignatureError",
     "SignedPointer",
+    "StreamFullError",
     "TlsFiles",
     "TraceEvent",
     "UserEntry",

@@ -1,7 +1,10 @@
 """The shared model inside an agent process: watch the signed pointer, verify, download, swap.
 
 Agents pin the distiller's Ed25519 public key. A new pointer is accepted only if its signature
-verifies and its serial is newer than the one held; the weights and metadata must match the
+verifies, its serial is newer than the one held, and it is the *current* pointer by the log
+(``streams.ModelStore.current``: the one the latest ``ModelPublished`` announced, or a newer one
+not announced yet), so an agent that starts fresh never takes a replayed old pointer that someone
+put back in the KV, whatever it sees first. The weights and metadata must match the
 announced size and sha256, and the weights must parse as safetensors (nothing is unpickled).
 Any failure is logged with its reason and the agent keeps the model it had.
 
@@ -25,6 +28,7 @@ from pydantic import BaseModel
 
 import streams
 
+from ._backoff import retry_transient
 from ._runtime import ModelSlot
 from ._task import Task
 
@@ -45,8 +49,13 @@ class PolicyAdapter:
         self.first_try_valid = 0
 
     def propose(
-        self, task: Task, parent: dict[str, Any] | None, parent_objective: float | None, guidance: list[str],
-        rng: random.Random, temperature: float = 1.0,
+        self,
+        task: Task,
+        parent: dict[str, Any] | None,
+        parent_objective: float | None,
+        guidance: list[str],
+        rng: random.Random,
+        temperature: float = 1.0,
     ) -> BaseModel:
         """A schema-valid recipe for ``task`` (constrained decoding, validation, resampling).
 
@@ -131,18 +140,55 @@ def make_model_watcher(
         store = streams.ModelStore(js._nc)  # the runtime's connection
         while True:  # the buckets appear with the first published model
             try:
-                await store.open()
+                await retry_transient(store.open, what="open model store", logger=log)
                 break
             except streams.ArtifactError:
                 await asyncio.sleep(1.0)
-        async for signed in store.watch(POLICY_NAME):
-            await consider(store, signed, key, slot, hf_model=hf_model)
+        while True:  # a watch broken by a server pause or restart is started again
+            try:
+                async for signed in store.watch(POLICY_NAME):
+                    await consider_current(store, signed, key, slot, hf_model=hf_model)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("model_watch_restarted", error=f"{type(e).__name__}: {e}")
+                await asyncio.sleep(1.0)
 
     return watch
 
 
-async def consider(store: streams.ModelStore, signed: streams.SignedPointer | None, key: Any,
-                   slot: ModelSlot, hf_model: str | None = None) -> bool:
+async def consider_current(
+    store: streams.ModelStore,
+    seen: streams.SignedPointer | None,
+    key: Any,
+    slot: ModelSlot,
+    hf_model: str | None = None,
+) -> bool:
+    """A pointer was written: load the *current* one by the log (see the module docstring), not
+    ``seen`` itself when it is a replayed older pointer. Returns whether the slot changed."""
+    current = await retry_transient(
+        lambda: store.current(POLICY_NAME, key), what="current model pointer", logger=log
+    )
+    if seen is not None and (current is None or current.signature != seen.signature):
+        log.warning(
+            "model_refused",
+            reason="stale or replayed pointer: not the latest announced on the log",
+            serial=seen.pointer.serial,
+            version=seen.pointer.version,
+            kept_version=slot.version,
+        )
+    if current is None or (slot.signature and current.signature == slot.signature):
+        return False
+    return await consider(store, current, key, slot, hf_model=hf_model)
+
+
+async def consider(
+    store: streams.ModelStore,
+    signed: streams.SignedPointer | None,
+    key: Any,
+    slot: ModelSlot,
+    hf_model: str | None = None,
+) -> bool:
     """Verify a pointer and, if every check passes, swap the slot to its model. Returns success.
 
     ``hf_model``: as in :func:`load_policy`."""
@@ -159,5 +205,6 @@ async def consider(store: streams.ModelStore, signed: streams.SignedPointer | No
         return False
     # one assignment each, between experiments: a step reads the slot once when it proposes
     slot.policy, slot.version, slot.serial, slot.meta = policy, pointer.version, pointer.serial, policy.meta
+    slot.signature = signed.signature
     log.info("model_loaded", version=pointer.version, serial=pointer.serial, size=pointer.weights_size)
     return True

@@ -236,10 +236,10 @@ class Distiller:
         return int(rows[0][0])
 
     async def _load_champion(self) -> None:
-        current = await self.store.read_pointer(self.cfg.name)
-        if current is None:
+        # the champion is the current model by the log, not a replayed old pointer in the KV
+        signed = await self.store.current(self.cfg.name, self.public_key)
+        if signed is None:
             return
-        signed, _rev = current
         pointer = signed.check(self.public_key)
         data = await self.store.fetch(
             pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256
@@ -400,7 +400,8 @@ class Distiller:
         cand, champ = scores
         version = await self._next_version()
         current = await self.store.read_pointer(self.cfg.name)
-        serial = (current[0].pointer.serial + 1) if current else 1
+        # above every serial ever written (not just the KV's value, which may be a replayed one)
+        serial = await self.store.next_serial(self.cfg.name, self.public_key)
         meta = orjson.dumps(
             {
                 "name": self.cfg.name,

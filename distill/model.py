@@ -40,6 +40,15 @@ VOCAB_SIZE = 260
 FORMAT = "hive-policy/1"
 """Value of ``__metadata__["format"]`` in a saved policy; anything else is refused."""
 MAX_HEADER_BYTES = 1 << 20
+MAX_VOCAB_SIZE = 1 << 16
+MAX_BLOCK_SIZE = 8192
+MAX_LAYERS = 64
+MAX_HEADS = 64
+MAX_EMBD = 4096
+MAX_PARAMS = 256_000_000
+"""Bounds on a policy's shape, checked before anything is allocated: a config read from a file
+(a published model) cannot make a process build a model of many gigabytes. The byte policy is
+far below them (the default has under a million parameters)."""
 
 
 @dataclass(frozen=True)
@@ -84,16 +93,56 @@ class PolicyConfig:
     bias: bool = False  # biases in Linear and LayerNorm (False: a bit faster, as good)
 
     def __post_init__(self) -> None:
-        if self.vocab_size < VOCAB_SIZE:
-            raise ValueError(f"vocab_size must be >= {VOCAB_SIZE} (bytes + specials)")
-        if not 16 <= self.block_size <= 8192:
-            raise ValueError("block_size must be in [16, 8192]")
-        if not 1 <= self.n_layer <= 64 or not 1 <= self.n_head <= 64:
-            raise ValueError("n_layer and n_head must be in [1, 64]")
-        if self.n_embd <= 0 or self.n_embd % (2 * self.n_head):
-            raise ValueError("n_embd must be a positive multiple of 2 * n_head (rotary halves)")
+        if not VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be in [{VOCAB_SIZE} (bytes + specials), {MAX_VOCAB_SIZE}]")
+        if not 16 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be in [16, {MAX_BLOCK_SIZE}]")
+        if not 1 <= self.n_layer <= MAX_LAYERS or not 1 <= self.n_head <= MAX_HEADS:
+            raise ValueError(f"n_layer and n_head must be in [1, {MAX_LAYERS}] and [1, {MAX_HEADS}]")
+        if not 0 < self.n_embd <= MAX_EMBD or self.n_embd % (2 * self.n_head):
+            raise ValueError(f"n_embd must be a multiple of 2 * n_head (rotary halves) in (0, {MAX_EMBD}]")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.param_count() > MAX_PARAMS:
+            raise ValueError(f"policy of {self.param_count():,} parameters exceeds the bound {MAX_PARAMS:,}")
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every saved tensor of a :class:`Policy` of this shape (computed, not
+        allocated): what a policy file's safetensors header must declare, exactly."""
+        C, b = self.n_embd, self.bias
+        shapes: dict[str, tuple[int, ...]] = {
+            "wte.weight": (self.vocab_size, C),
+            "wte_prev.weight": (self.vocab_size, C),
+        }
+        for i in range(self.n_layer):
+            layer = {
+                "ln_1.weight": (C,),
+                "attn.c_attn.weight": (3 * C, C),
+                "attn.c_proj.weight": (C, C),
+                "ln_2.weight": (C,),
+                "mlp.c_fc.weight": (4 * C, C),
+                "mlp.c_proj.weight": (C, 4 * C),
+            }
+            if b:
+                layer.update(
+                    {
+                        "ln_1.bias": (C,),
+                        "attn.c_attn.bias": (3 * C,),
+                        "attn.c_proj.bias": (C,),
+                        "ln_2.bias": (C,),
+                        "mlp.c_fc.bias": (4 * C,),
+                        "mlp.c_proj.bias": (C,),
+                    }
+                )
+            shapes.update({f"h.{i}.{k}": v for k, v in layer.items()})
+        shapes["ln_f.weight"] = (C,)
+        if b:
+            shapes["ln_f.bias"] = (C,)
+        return shapes
+
+    def param_count(self) -> int:
+        """Parameters of a :class:`Policy` of this shape (as :meth:`Policy.num_params`), computed."""
+        return sum(math.prod(shape) for shape in self.tensor_shapes().values())
 
     def to_json(self) -> str:
         """The config as compact JSON (keys sorted)."""
@@ -362,11 +411,16 @@ class Policy(nn.Module):
             or not isinstance(meta.get("config"), str)
         ):
             raise ValueError(f"safetensors file is not a {FORMAT} policy")
-        return PolicyConfig.from_json(meta["config"])
+        config = PolicyConfig.from_json(meta["config"])  # bounded: a forged config stops here
+        _check_tensors(header, config, len(data) - 8 - n)
+        return config
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Policy:
-        """Rebuild a policy from :meth:`to_bytes` output (on CPU, in eval mode)."""
+        """Rebuild a policy from :meth:`to_bytes` output (on CPU, in eval mode).
+
+        The config is bounded and the header's tensors must be exactly those of a policy of that
+        config (names, shapes, float32, byte size) before any tensor or module is allocated."""
         config = cls.read_config(data)
         tensors = _st_load(data)
         model = cls(config)
@@ -377,3 +431,22 @@ class Policy(nn.Module):
     def load(cls, path: str | Path) -> Policy:
         """Load a policy written by :meth:`save`. Never unpickles; other files raise ``ValueError``."""
         return cls.from_bytes(Path(path).read_bytes())
+
+
+def _check_tensors(header: dict[str, object], config: PolicyConfig, data_bytes: int) -> None:
+    """``ValueError`` unless the safetensors header declares exactly the tensors of a policy of
+    ``config`` (names and shapes), as float32, filling the ``data_bytes`` after the header."""
+    want = config.tensor_shapes()
+    declared = {k: v for k, v in header.items() if k != "__metadata__"}
+    if set(declared) != set(want):
+        missing, extra = sorted(set(want) - set(declared)), sorted(set(declared) - set(want))
+        raise ValueError(
+            f"policy tensors do not match its config (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for name, shape in want.items():
+        info = declared[name]
+        if not isinstance(info, dict) or info.get("dtype") != "F32" or info.get("shape") != list(shape):
+            raise ValueError(f"policy tensor {name} is not float32 of shape {list(shape)} as its config says")
+    expected = 4 * config.param_count()
+    if data_bytes != expected:
+        raise ValueError(f"policy data is {data_bytes} bytes; its config declares {expected}")

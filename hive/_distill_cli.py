@@ -253,7 +253,8 @@ def model_list(url: str, name: str) -> None:
 @click.option("--key", default=_default_key, help="Ed25519 signing key (the distiller's).")
 @click.option("--name", default="policy", show_default=True)
 def model_rollback(version: int, url: str, key: str, name: str) -> None:
-    """Point every agent at an older VERSION (a new signed pointer with a higher serial)."""
+    """Point every agent at an older VERSION (a new signed pointer whose serial is above every
+    serial ever written, so agents holding any earlier pointer accept it)."""
     _check_key(key)
     private = streams.load_private_key(key)
 
@@ -266,7 +267,12 @@ def model_rollback(version: int, url: str, key: str, name: str) -> None:
             current = await store.read_pointer(name)
             if current is None:
                 raise click.ClickException("no model pointer yet: nothing to roll back")
-            old, rev = current
+            rev = current[1]
+            # the model being rolled back from is the current one by the log (the KV value may be
+            # a replayed old pointer), and the serial must be above every one ever written, so
+            # that agents holding any earlier pointer accept the rollback
+            old = await store.current(name, private.public_key()) or current[0]
+            serial = await store.next_serial(name, private.public_key())
             w_name, m_name = streams.object_names(name, version)
             w_info = await store.obs.get_info(w_name)
             m_info = await store.obs.get_info(m_name)
@@ -277,7 +283,7 @@ def model_rollback(version: int, url: str, key: str, name: str) -> None:
             m = orjson.loads(meta)
             pointer = streams.ModelPointer(
                 name=name,
-                serial=old.pointer.serial + 1,
+                serial=serial,
                 version=version,
                 parent_version=old.pointer.version,
                 weights=w_name,

@@ -5,24 +5,46 @@ Layout: object ``<name>/v<version>/weights.safetensors`` and ``<name>/v<version>
 in bucket ``hive_models``; key ``<name>`` in bucket ``hive_pointer`` holding a
 :class:`SignedPointer`. A pointer has a ``serial`` that only grows: a rollback is a *new*
 pointer (higher serial) to an older version, so an agent refuses any replayed older pointer.
+
+**Which pointer is current** must not depend on what an agent happens to see first: anyone who
+can write the KV key could put an old, validly signed pointer back. Every pointer write is
+followed by a ``ModelPublished`` announcement on ``hive.models.<name>`` (subjects only the
+distiller may publish, on an append-only log) carrying the pointer's signature. So
+:meth:`ModelStore.current` takes the pointer the *latest announcement* names (looked up in the
+KV key's history) — or a pointer of a higher serial not announced yet (the distiller writes the
+KV first) — and never an older announced one, whatever the key's current value is. Writers take
+their serial from :meth:`ModelStore.next_serial`: above every serial in the key's history and
+every announcement, so a rollback is accepted by agents holding any earlier pointer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._codec import DecodeError, decode
 from ._consumer import LogReader
-from ._events import Metrics, Name, Sha256, utcnow
+from ._events import Metrics, ModelPublished, Name, Sha256, utcnow
 from ._signing import SignatureError, sign, verify
-from ._subjects import MODEL_BUCKET, POINTER_BUCKET
+from ._subjects import MODEL_BUCKET, POINTER_BUCKET, STREAM
+
+POINTER_HISTORY = 64
+"""Pointer writes the KV keeps per key (the most NATS allows): where the current one is looked up."""
+_ROLLBACK_ID = re.compile(r"/rollback-(\d+)$")
 
 CHUNK_BYTES = 1024 * 1024 - 8192
 """Object chunk size (just under the default 1 MB max_payload of a NATS server)."""
@@ -100,7 +122,7 @@ class ModelStore:
             if not create:
                 raise ArtifactError(f"KV bucket {POINTER_BUCKET!r} does not exist yet") from None
             self.kv = await self.js.create_key_value(
-                bucket=POINTER_BUCKET, history=16, description="hive current-model pointers"
+                bucket=POINTER_BUCKET, history=POINTER_HISTORY, description="hive current-model pointers"
             )
         return self
 
@@ -148,6 +170,85 @@ class ModelStore:
             return int(await self.kv.update(pointer.name, data, last=expect_revision))
         except KeyWrongLastSequenceError:
             raise ArtifactError("the model pointer changed concurrently (compare-and-swap failed)") from None
+
+    async def history(self, name: str, public_key: Any = None) -> list[SignedPointer]:
+        """The pointers the KV still keeps for ``name``, oldest first (unparsable ones skipped;
+        with ``public_key``, only those whose signature verifies)."""
+        try:
+            entries = await self.kv.history(name)
+        except (NoKeysError, NotFoundError):
+            return []
+        out: list[SignedPointer] = []
+        for entry in entries:
+            if not entry.value:
+                continue
+            try:
+                signed = SignedPointer.model_validate_json(entry.value)
+                if public_key is not None:
+                    signed.check(public_key)
+            except (ValueError, SignatureError):
+                continue
+            out.append(signed)
+        return out
+
+    async def announcements(self, name: str) -> list[ModelPublished]:
+        """The ``ModelPublished`` events of ``name`` on the log, in log order (none if the log
+        does not exist)."""
+        subject = f"hive.models.{name}"
+        try:  # where to stop reading: the subject's last message now
+            end = (await self.js.get_last_msg(STREAM, subject)).seq or 0
+        except NotFoundError:  # no such stream, or nothing on the subject
+            return []
+        reader = LogReader(self.nc, filter_subject=subject, stream=STREAM)
+        out: list[ModelPublished] = []
+        try:
+            await reader.start()
+            while reader.last_seq < end:
+                batch = await reader.fetch(1000, timeout=2.0)
+                if not batch:
+                    break
+                for entry in batch:
+                    try:
+                        ev = decode(entry.data, entry.subject)
+                    except DecodeError:
+                        continue
+                    if isinstance(ev, ModelPublished) and ev.name == name:
+                        out.append(ev)
+        finally:
+            await reader.close()
+        return out
+
+    async def current(self, name: str, public_key: Any) -> SignedPointer | None:
+        """The current pointer of ``name`` by the log, not by whatever the KV key holds now.
+
+        It is the pointer whose signature the latest ``ModelPublished`` carries (found in the
+        key's history), unless the history holds a validly signed pointer of a higher serial
+        that no announcement names yet (written, its announcement still in flight). With no
+        announcement at all, the key's current value. ``None`` when the announced pointer is no
+        longer in the history (the caller keeps what it has)."""
+        history = await self.history(name, public_key)
+        announced = await self.announcements(name)
+        if not announced:
+            return history[-1] if history else None
+        latest = announced[-1].signature
+        match = next((p for p in reversed(history) if p.signature == latest), None)
+        if match is None:
+            return None
+        names = {a.signature for a in announced}
+        newer = [p for p in history if p.signature not in names and p.pointer.serial > match.pointer.serial]
+        return max(newer, key=lambda p: p.pointer.serial) if newer else match
+
+    async def next_serial(self, name: str, public_key: Any) -> int:
+        """A serial above every one ever written for ``name``: every validly signed pointer in
+        the key's history, every rollback announced (its event id carries the serial), and the
+        number of announcements (each write is announced once, with a serial of its own)."""
+        serials = [p.pointer.serial for p in await self.history(name, public_key)]
+        announced = await self.announcements(name)
+        for a in announced:
+            m = _ROLLBACK_ID.search(a.event_id)
+            if m:
+                serials.append(int(m.group(1)))
+        return max([len(announced), *serials]) + 1
 
     async def versions(self, name: str) -> list[int]:
         """Versions whose weights are in the store."""

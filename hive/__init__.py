@@ -4,6 +4,7 @@ Imports ``streams`` only (the CLI and the supervisor may start the other package
 """
 
 from ._learning import GENERATIONS_SQL, Generations, generations
+from ._lockdown import lock_down, snapshot_scratch_paths
 from ._materializer import Materializer, MaterializerStats, rebuild
 from ._projections import TABLES, Rows, decode_batch, project
 from ._query import QueryError, QueryResult, check_read_only, remote_query, run_read_only
@@ -30,6 +31,7 @@ __all__ = [
     "connect_db",
     "decode_batch",
     "generations",
+    "lock_down",
     "migrate",
     "open_store",
     "project",
@@ -37,5 +39,6 @@ __all__ = [
     "remote_query",
     "run_read_only",
     "snapshot_path_for",
+    "snapshot_scratch_paths",
     "write_snapshot",
 ]

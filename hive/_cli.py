@@ -19,7 +19,7 @@ from ._cli_errors import HiveGroup
 from ._logging import configure_logging
 from ._oneshot import connect_once, one_shot_options
 from ._output import FORMATS, render
-from ._query import QueryError, QueryResult, remote_query, run_read_only
+from ._query import QueryError, QueryResult, remote_query, run_with_deadline
 from ._signals import until_signal
 from ._store import DatabaseLocked, connect_db, snapshot_path_for
 
@@ -280,7 +280,7 @@ def query(url: str | None, db: str | None, fmt: str, timeout: float, max_rows: i
     if url and db:
         raise click.UsageError("give --nats or --db, not both")
     if db:
-        result = _query_file(db, sql, max_rows)
+        result = _query_file(db, sql, max_rows, timeout)
     else:
 
         async def go() -> QueryResult:
@@ -296,7 +296,11 @@ def query(url: str | None, db: str | None, fmt: str, timeout: float, max_rows: i
         click.echo(text, nl=False)
 
 
-def _query_file(db: str, sql: str, max_rows: int) -> QueryResult:
+def _query_file(db: str, sql: str, max_rows: int, timeout: float) -> QueryResult:
+    """One read-only statement on a DuckDB file (or its snapshot while a materializer owns it),
+    opened read-only and locked down as the live query service is, cut off after ``timeout``."""
+    from ._lockdown import lock_down
+
     path = Path(db)
     if not path.exists():
         raise click.ClickException(f"{db}: no such database file")
@@ -310,7 +314,8 @@ def _query_file(db: str, sql: str, max_rows: int) -> QueryResult:
         path = snap
         con = connect_db(path, read_only=True)
     try:
-        return run_read_only(con, sql, max_rows=max_rows)
+        lock_down(con)
+        return run_with_deadline(con, sql, timeout_s=timeout, max_rows=max_rows)
     except QueryError as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -35,7 +35,8 @@ from streams import (
 )
 
 from ._failpoints import failpoint
-from ._query import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, run_with_time_limit
+from ._lockdown import lock_down, snapshot_scratch_paths
+from ._query import answer_request
 from ._store import applied_seq, apply_batch, open_store, snapshot_path_for, write_snapshot
 
 log = structlog.get_logger("hive.materializer")
@@ -94,6 +95,7 @@ class Materializer:
     async def run(self) -> MaterializerStats:
         """Open the database (failing fast if another process holds it), then ingest until stopped."""
         con = open_store(self.db_path)
+        lock_down(con, scratch=snapshot_scratch_paths(self.snapshot_path))  # queries: no files/settings
         self._con = con
         writer = con.cursor()
         self.stats.applied_seq = applied_seq(writer)
@@ -185,33 +187,8 @@ class Materializer:
 
     async def _on_query(self, msg: Msg) -> None:
         assert self._con is not None
-        try:
-            try:
-                req = orjson.loads(msg.data)
-            except orjson.JSONDecodeError:
-                req = msg.data.decode("utf-8", errors="replace")
-            if isinstance(req, str):
-                req = {"sql": req}
-            if not isinstance(req, dict) or not isinstance(req.get("sql"), str):
-                raise QueryError('request must be {"sql": "..."} or plain SQL text')
-            timeout_s = min(float(req.get("timeout_s", DEFAULT_TIMEOUT_S)), 300.0)
-            max_rows = min(int(req.get("max_rows", DEFAULT_MAX_ROWS)), 1_000_000)
-            params = req.get("params") or None
-            if params is not None and not isinstance(params, list):
-                raise QueryError("params must be a list")
-            result = await run_with_time_limit(
-                self._con, req["sql"], timeout_s=timeout_s, max_rows=max_rows, params=params
-            )
-            payload = result.to_json()
-            limit = (self._nc.max_payload if self._nc else 1 << 20) - 1024
-            while len(payload) > limit and result.rows:
-                result.rows = result.rows[: len(result.rows) // 2]
-                result.truncated = True
-                payload = result.to_json()
-        except QueryError as e:
-            payload = orjson.dumps({"error": str(e)})
-        except Exception as e:  # the service must answer, and survive, whatever the query did
-            payload = orjson.dumps({"error": f"{type(e).__name__}: {e}"})
+        limit = (self._nc.max_payload if self._nc else 1 << 20) - 1024
+        payload = await answer_request(self._con, msg.data, max_payload=limit)
         if msg.reply:
             await msg.respond(payload)
 

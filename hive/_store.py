@@ -141,12 +141,16 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     """Copy the whole database into ``target`` atomically (write a temp file, then rename).
 
     Readers, the ``duckdb`` CLI included, can open the snapshot while the materializer runs.
+    The temp files are :func:`hive.snapshot_scratch_paths` of ``target``: the only files a
+    locked-down database (:func:`hive.lock_down`) lets this write.
     """
+    from ._lockdown import snapshot_scratch_paths
+
     target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
-    for p in (tmp, Path(str(tmp) + ".wal")):
-        if p.exists():
-            p.unlink()
+    scratch = snapshot_scratch_paths(target)
+    tmp = scratch[0]
+    for p in scratch:
+        p.unlink(missing_ok=True)
     row = cur.execute("SELECT current_database()").fetchone()
     assert row is not None
     src = row[0]

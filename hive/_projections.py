@@ -37,17 +37,44 @@ TABLES = (
     "models",
     "dead_letters",
 )
+"""The projected tables (what users query)."""
+
+BATCH_TABLES = (
+    "experiment_starts",
+    "experiments",
+    "deployments",
+    "guidance",
+    "agent_events",
+    "models",
+    "dead_letters",
+)
+"""What :class:`Rows` holds: the tables' rows, with ``agent_events`` (one row per agent lifecycle
+event) in place of ``agents``, which the store folds from them (so that the fold sees every event
+of the batch, whatever the batching)."""
+
+_TABLE_OF_KIND = {
+    "ExperimentStarted": "experiment_starts",
+    "ExperimentFinished": "experiments",
+    "DeploymentFinished": "deployments",
+    "GuidancePublished": "guidance",
+    "AgentStarted": "agent_events",
+    "AgentHeartbeat": "agent_events",
+    "AgentStopped": "agent_events",
+    "ModelPublished": "models",
+    "ModelRejected": "models",
+}
+"""Where each kind's rows go: an ``event_id`` is unique per table, within a batch as across them."""
 
 Row = tuple[Any, ...]
 
 
 @dataclass
 class Rows:
-    """The rows one batch projects to: table name → row tuples in the table's column order
-    (``hive._schema.ARROW``), plus the last sequence the batch covers."""
+    """The rows one batch projects to: table name (:data:`BATCH_TABLES`) → row tuples in the
+    table's column order (``hive._schema.ARROW``), plus the last sequence the batch covers."""
 
     last_seq: int = 0
-    tables: dict[str, list[Row]] = field(default_factory=lambda: {t: [] for t in TABLES})
+    tables: dict[str, list[Row]] = field(default_factory=lambda: {t: [] for t in BATCH_TABLES})
 
     def __getitem__(self, table: str) -> list[Row]:
         return self.tables[table]
@@ -64,36 +91,44 @@ def _json(value: Any) -> str:
 def decode_batch(messages: list[LogEntry]) -> tuple[list[tuple[LogEntry, Event]], list[Row]]:
     """Decode every message; invalid ones become dead-letter rows with the reason and raw bytes.
 
-    Within a batch, a repeated ``event_id`` keeps its first occurrence (the log order).
+    Within a batch, a repeated ``event_id`` keeps its first occurrence (the log order) in the
+    table its kind writes to: the same rule the tables' keys apply across batches.
     """
     good: list[tuple[LogEntry, Event]] = []
     dead: list[Row] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for m in messages:
         try:
             ev = decode(m.data, m.subject)
         except DecodeError as e:
-            dead.append((m.seq, m.subject, e.reason, m.data, m.logged_at))
+            dead.append(dead_letter(m, e.reason))
             continue
-        if ev.event_id in seen:
+        key = (_TABLE_OF_KIND[ev.kind], ev.event_id)
+        if key in seen:
             continue
-        seen.add(ev.event_id)
+        seen.add(key)
         good.append((m, ev))
     return good, dead
+
+
+def dead_letter(m: LogEntry, reason: str) -> Row:
+    """The ``dead_letters`` row of a message: its sequence, subject, reason and raw bytes."""
+    return (m.seq, m.subject, reason, m.data, m.logged_at)
 
 
 def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) -> Rows:
     """Project decoded events of one batch to rows; deterministic in its inputs.
 
-    Every table except ``agents`` is keyed by ``event_id`` (or ``seq`` for dead letters) and
-    inserted with "ignore if present", so re-applying an event (a retry published after the
-    duplicate window) changes nothing. ``agents`` holds the latest state per agent: rows are
-    folded per agent within the batch, in sequence order, before the upsert.
+    Every table is keyed by ``event_id`` (or ``seq`` for dead letters) and inserted with "ignore
+    if present", so re-applying an event (a retry published after the duplicate window) changes
+    nothing. Agent lifecycle events become one ``agent_events`` row each (None = "no news" for a
+    column); the store folds them into ``agents`` by a rule that does not depend on batching:
+    ``last_seen`` is the latest ``occurred_at`` of all the agent's events, every other column the
+    value of its highest-sequence event that sets it.
     """
     rows = Rows(last_seq=last_seq)
     t = rows.tables
     t["dead_letters"].extend(dead)
-    agents: dict[str, list[Any]] = {}
     for m, ev in good:
         if isinstance(ev, ExperimentFinished):
             t["experiments"].append(
@@ -154,14 +189,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                 )
             )
         elif isinstance(ev, AgentStarted | AgentHeartbeat | AgentStopped):
-            new = _agent_row(m.seq, ev)
-            old = agents.get(ev.agent_id)
-            if old is None:
-                agents[ev.agent_id] = new
-            else:  # later non-null values win
-                for i, v in enumerate(new):
-                    if v is not None:
-                        old[i] = v
+            t["agent_events"].append((ev.event_id, *_agent_row(m.seq, ev)))
         elif isinstance(ev, ModelPublished):
             t["models"].append(
                 (
@@ -202,7 +230,6 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.occurred_at,
                 )
             )
-    t["agents"].extend(tuple(r) for r in agents.values())
     return rows
 
 

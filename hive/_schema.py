@@ -149,6 +149,9 @@ ARROW: dict[str, pa.Schema] = {
     ),
 }
 
+ARROW["agent_events"] = pa.schema([("event_id", pa.string()), *ARROW["agents"]])
+"""One row per agent lifecycle event, folded into ``agents`` by the store (not a table itself)."""
+
 _V1 = """
 CREATE TABLE checkpoint (
     stream VARCHAR PRIMARY KEY,
@@ -239,9 +242,16 @@ GROUP BY model_version, reference ORDER BY reference, model_version;
 """
 """DeploymentFinished v2: a deployment names its reference (incumbent or baseline) and proposer."""
 
+_V3 = """
+CREATE TABLE agent_event_ids (event_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
+"""
+"""The agent lifecycle events already folded into ``agents``: a copy of one republished after the
+duplicate window changes nothing, in whichever batch it arrives (as for every other table)."""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: traces, agents, models, dead letters, views", _V1),
     (2, "deployments: reference (incumbent/baseline), its recipe/objective/source/score, proposer", _V2),
+    (3, "agent_event_ids: agent events already folded into agents (batch-independent dedupe)", _V3),
 ]
 """``(version, description, sql)``: applied in order, each once."""
 

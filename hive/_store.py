@@ -6,8 +6,11 @@ transaction, which is what makes ingestion exactly-once across crashes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,17 +18,43 @@ import duckdb
 import pyarrow as pa
 import structlog
 
-from streams import STREAM, LogEntry
+from streams import STREAM, Event, LogEntry
 
 from ._failpoints import failpoint
-from ._projections import Rows, decode_batch, project
+from ._projections import Row, Rows, dead_letter, decode_batch, project
 from ._schema import ARROW, migrate
 
 log = structlog.get_logger("hive.store")
 
 
-class DatabaseLocked(RuntimeError):
+class StoreError(RuntimeError):
+    """The DuckDB file cannot be used as it is, for a reason the operator must fix (not corruption)."""
+
+
+class DatabaseLocked(StoreError):
     """Another process holds the DuckDB file (DuckDB allows one writer and no other readers)."""
+
+
+class StorePermissionError(StoreError):
+    """The DuckDB file or its directory may not be read or written by this process (EACCES,
+    EPERM, EROFS): a healthy file is left where it is, never quarantined."""
+
+    def __init__(self, path: str | Path, detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: permission denied ({detail}); the materializer must be able to read and write "
+            "its database and create files in the database's directory"
+        )
+
+
+_PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_PERMISSION_WORDS = ("permission denied", "operation not permitted", "read-only file system")
+
+
+def _is_permission_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _PERMISSION_ERRNOS:
+        return True
+    return isinstance(exc, duckdb.Error) and any(w in str(exc).lower() for w in _PERMISSION_WORDS)
 
 
 def snapshot_path_for(db_path: str | Path) -> Path:
@@ -39,7 +68,8 @@ def _sql_str(value: str) -> str:
 
 
 def connect_db(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file, turning DuckDB's lock error into :class:`DatabaseLocked` with the holder."""
+    """Open a DuckDB file, turning DuckDB's lock error into :class:`DatabaseLocked` with the holder
+    and a permission error into :class:`StorePermissionError`."""
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as e:
@@ -52,27 +82,64 @@ def connect_db(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyC
                 f"Query the running hive with `hive query --nats URL`, or open the snapshot "
                 f"{snapshot_path_for(path)}"
             ) from None
+        if _is_permission_error(e):
+            raise StorePermissionError(path, msg.removeprefix("IO Error: ")) from None
         raise
+
+
+def _check_writable(path: Path) -> None:
+    """Raise :class:`StorePermissionError` unless this process can create files beside ``path`` and
+    open ``path`` (and its WAL), where they exist, for reading and writing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if e.errno in _PERMISSION_ERRNOS:
+            raise StorePermissionError(
+                path.parent, f"cannot create files in the directory: {e.strerror}"
+            ) from None
+        raise
+    for p in (path, Path(str(path) + ".wal")):
+        try:
+            fd = os.open(p, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno in _PERMISSION_ERRNOS:
+                raise StorePermissionError(
+                    p, f"cannot open it for reading and writing: {e.strerror}"
+                ) from None
+            raise
+        os.close(fd)
 
 
 def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open (or create) the materializer's database and migrate it.
 
-    The file is a disposable projection of the log: if it cannot be opened (a crash left it
-    unreadable), it is moved aside to ``<file>.corrupt-<time>`` and an empty one is created,
-    which the materializer then refills by replaying the log from sequence 1.
+    The file is a disposable projection of the log: if it is not a readable DuckDB database (a
+    crash left it unreadable, or it is not DuckDB at all), it is moved aside to
+    ``<file>.corrupt-<time>`` and an empty one is created, which the materializer then refills by
+    replaying the log from sequence 1. A file or directory this process may not read or write is
+    *not* corrupt: that raises :class:`StorePermissionError` and leaves everything as it is.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(path)
     try:
-        con = connect_db(path)  # DatabaseLocked (not a duckdb.Error) propagates
+        con = connect_db(path)  # DatabaseLocked and StorePermissionError (not duckdb.Error) propagate
     except duckdb.Error as e:
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
         log.warning("db_quarantined", path=str(path), moved_to=str(aside), error=str(e))
-        os.replace(path, aside)
-        wal = Path(str(path) + ".wal")
-        if wal.exists():
-            os.replace(wal, Path(str(aside) + ".wal"))
+        try:
+            os.replace(path, aside)
+            wal = Path(str(path) + ".wal")
+            if wal.exists():
+                os.replace(wal, Path(str(aside) + ".wal"))
+        except OSError as e2:
+            if e2.errno in _PERMISSION_ERRNOS:
+                raise StorePermissionError(path, f"cannot move it aside: {e2.strerror}") from None
+            raise
         con = connect_db(path)
     migrate(con)
     return con
@@ -92,47 +159,141 @@ def _arrow(name: str, rows: list[tuple[object, ...]]) -> pa.Table:
     )
 
 
-def _agents_upsert() -> str:
-    # Later non-null values win; an older event re-applied after the dedupe window changes nothing.
-    sets = ", ".join(
-        f"{c} = coalesce(EXCLUDED.{c}, agents.{c})" for c in ARROW["agents"].names if c not in ("agent_id",)
-    ).replace(
-        "last_seen = coalesce(EXCLUDED.last_seen, agents.last_seen)",
-        "last_seen = greatest(EXCLUDED.last_seen, agents.last_seen)",
-    )
+def _agents_fold() -> str:
+    """Fold a batch's new agent events into ``agents``: the same rule within a batch as across
+    batches, so any batching gives the same table. ``last_seen`` is the latest ``occurred_at``;
+    every other column the value of the highest-sequence event that sets it (NULL = no news).
+    Events already folded (``agent_event_ids``: a copy republished after the dedupe window) are
+    skipped."""
+    cols = [c for c in ARROW["agents"].names if c != "agent_id"]
+    agg = {c: f"arg_max({c}, seq) FILTER (WHERE {c} IS NOT NULL)" for c in cols}
+    agg["seq"] = "max(seq)"
+    agg["last_seen"] = "max(last_seen)"
+    sets = {c: f"coalesce(EXCLUDED.{c}, agents.{c})" for c in cols}
+    sets["last_seen"] = "greatest(EXCLUDED.last_seen, agents.last_seen)"
     return (
-        f"INSERT INTO agents SELECT * FROM _batch_agents ON CONFLICT (agent_id) DO UPDATE SET {sets} "
+        f"INSERT INTO agents SELECT agent_id, {', '.join(agg[c] for c in cols)} "
+        "FROM _batch_agent_events b "
+        "WHERE NOT EXISTS (SELECT 1 FROM agent_event_ids e WHERE e.event_id = b.event_id) "
+        "GROUP BY agent_id "
+        f"ON CONFLICT (agent_id) DO UPDATE SET {', '.join(f'{c} = {sets[c]}' for c in cols)} "
         "WHERE EXCLUDED.seq > agents.seq"
     )
 
 
-_AGENTS_UPSERT = _agents_upsert()
+_AGENTS_FOLD = _agents_fold()
+_AGENT_EVENT_IDS = "INSERT OR IGNORE INTO agent_event_ids SELECT event_id, seq FROM _batch_agent_events"
+
+_ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    MemoryError,
+    duckdb.OperationalError,  # IOException (disk full, permission), out of memory, transaction state
+    duckdb.FatalException,
+    duckdb.InternalException,
+    duckdb.InterruptException,
+    duckdb.PermissionException,
+)
+"""Errors of the machine, not of an event: raised to the caller (which retries), never dead-lettered."""
+
+_MAX_REASON = 2000
+
+
+def _insert(cur: duckdb.DuckDBPyConnection, rows: Rows) -> None:
+    """Insert the projected rows (inside the caller's transaction)."""
+    for table, table_rows in rows.nonempty().items():
+        view = f"_batch_{table}"
+        cur.register(view, _arrow(table, table_rows))
+        try:
+            if table == "agent_events":
+                cur.execute(_AGENTS_FOLD)
+                cur.execute(_AGENT_EVENT_IDS)
+            else:
+                cur.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM {view}")
+        finally:
+            with contextlib.suppress(duckdb.Error):  # in an aborted transaction; register replaces it
+                cur.unregister(view)
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if any (a failed COMMIT has already ended it)."""
+    with contextlib.suppress(duckdb.TransactionException):
+        cur.execute("ROLLBACK")
+
+
+def _commit(
+    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int
+) -> Rows:
+    """Project and insert ``good`` and ``dead`` and set the checkpoint, in one transaction."""
+    rows = project(good, dead, last_seq)
+    cur.execute("BEGIN")
+    try:
+        _insert(cur, rows)
+        cur.execute("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", [STREAM, rows.last_seq])
+        failpoint("before_commit")
+        cur.execute("COMMIT")
+    except BaseException:
+        _rollback(cur)
+        raise
+    return rows
+
+
+def _refusal(cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]]) -> str | None:
+    """Why projecting and inserting ``good`` fails (its exception text), or None if it would work;
+    always rolled back. Errors of the machine are raised."""
+    cur.execute("BEGIN")
+    try:
+        _insert(cur, project(good, [], 0))
+    except _ENVIRONMENT_ERRORS:
+        raise
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"[:_MAX_REASON]
+    finally:
+        _rollback(cur)
+    return None
+
+
+def _offenders(
+    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]]
+) -> list[tuple[LogEntry, str]]:
+    """The events that fail on their own, with the reason, found by bisection."""
+    reason = _refusal(cur, good)
+    if reason is None:
+        return []
+    if len(good) == 1:
+        return [(good[0][0], reason)]
+    mid = len(good) // 2
+    return _offenders(cur, good[:mid]) + _offenders(cur, good[mid:])
 
 
 def apply_batch(cur: duckdb.DuckDBPyConnection, messages: list[LogEntry]) -> Rows:
     """Decode, project and insert ``messages`` and the checkpoint, all in one transaction.
 
     Returns the rows written (for logging and metrics). Idempotent: every table is keyed by
-    ``event_id`` (ignore if present) except ``agents`` (a guarded upsert).
+    ``event_id`` (ignore if present), and ``agents`` is folded only from events not yet folded.
+
+    No event can stop ingestion: one that fails validation is a dead letter; one that passes but
+    still fails in projection or in DuckDB (a conversion or constraint error) is found by
+    bisection after a rollback and becomes a dead letter with the exception text, and the rest of
+    the batch commits with the checkpoint. Errors of the machine (I/O, disk full, permissions,
+    memory) are raised, never blamed on an event.
     """
     good, dead = decode_batch(messages)
-    rows = project(good, dead, messages[-1].seq)
-    cur.execute("BEGIN")
+    last_seq = messages[-1].seq
     try:
-        for table, table_rows in rows.nonempty().items():
-            view = f"_batch_{table}"
-            cur.register(view, _arrow(table, table_rows))
-            if table == "agents":
-                cur.execute(_AGENTS_UPSERT)
-            else:
-                cur.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM {view}")
-            cur.unregister(view)
-        cur.execute("INSERT OR REPLACE INTO checkpoint VALUES (?, ?)", [STREAM, rows.last_seq])
-        failpoint("before_commit")
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
+        rows = _commit(cur, good, dead, last_seq)
+    except _ENVIRONMENT_ERRORS:
         raise
+    except Exception as e:
+        log.warning("batch_refused", first_seq=messages[0].seq, last_seq=last_seq, error=str(e)[:_MAX_REASON])
+        offenders = _offenders(cur, good)
+        if not offenders:
+            raise  # no single event is to blame: not a poison event, so not dead-lettered
+        bad = {m.seq for m, _ in offenders}
+        dead = sorted(
+            dead + [dead_letter(m, f"refused by the store: {why}") for m, why in offenders],
+            key=lambda r: int(r[0]),
+        )
+        rows = _commit(cur, [(m, ev) for m, ev in good if m.seq not in bad], dead, last_seq)
     failpoint("after_commit")
     return rows
 

@@ -356,15 +356,18 @@ def status(url: str, monitor: str | None, as_json: bool) -> None:
     t.add_column("what", style="bold")
     t.add_column("value")
     s = st["stream"]
-    t.add_row(
-        "stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes"
-    )
-    m = st["materializer"]
-    if m.get("running"):
-        t.add_row("materialized", f"seq {m['applied_seq']} (lag {m['lag']}), db {m['db']}")
-        t.add_row("snapshot", f"{m['snapshot']} (seq {m['snapshot_seq']})")
+    if s.get("exists", True):
+        t.add_row(
+            "stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes"
+        )
     else:
-        t.add_row("materialized", m["detail"])
+        t.add_row("stream", f"{s['name']}: {s.get('detail', 'absent')}")
+    m = st["materializer"]
+    if m.get("running") and "applied_seq" in m:  # a materializer's reply may lack fields: show "?"
+        t.add_row("materialized", f"seq {m['applied_seq']} (lag {m.get('lag', '?')}), db {m.get('db', '?')}")
+        t.add_row("snapshot", f"{m.get('snapshot', '?')} (seq {m.get('snapshot_seq', '?')})")
+    else:
+        t.add_row("materialized", m.get("detail", "a materializer answers, without its applied sequence"))
     for k, v in st.get("counts", {}).items():
         t.add_row(f"  {k}", str(v))
     d = st["durability"]

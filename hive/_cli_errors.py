@@ -21,6 +21,7 @@ import nats.js.errors
 import streams
 
 from ._query import QueryError
+from ._status import JetStreamUnavailable
 from ._store import DatabaseLocked
 
 
@@ -63,7 +64,9 @@ def _os_message(e: OSError, url: str) -> str:
 def describe(e: BaseException, args: list[str]) -> str | None:
     """The one-line message for an error a user can cause, or None for an unexpected one."""
     url = _nats_url(args)
-    if isinstance(e, DatabaseLocked | QueryError | streams.ServerError | streams.PublishError):
+    if isinstance(
+        e, DatabaseLocked | QueryError | streams.ServerError | streams.PublishError | JetStreamUnavailable
+    ):
         return str(e)
     if isinstance(e, duckdb.Error):
         return _duckdb_message(e)

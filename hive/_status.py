@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 from typing import Any
@@ -10,8 +11,9 @@ import orjson
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from streams import STATUS_SUBJECT, STREAM, ensure_stream
+from streams import STATUS_SUBJECT, STREAM
 
 from ._query import QueryError, remote_query
 
@@ -33,9 +35,11 @@ def durability_from_monitor(monitor_url: str | None) -> dict[str, Any]:
         return {"setting": "unknown", "detail": "no monitoring URL (pass --monitor http://host:8222)"}
     try:
         with urllib.request.urlopen(monitor_url.rstrip("/") + "/varz", timeout=2) as r:
-            cfg = json.load(r).get("jetstream", {}).get("config", {})
-    except OSError as e:
-        return {"setting": "unknown", "detail": f"monitoring endpoint unreachable: {e}"}
+            varz = json.load(r)
+        cfg = (varz.get("jetstream") or {}).get("config") or {}
+    except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return {"setting": "unknown", "detail": f"no usable monitoring endpoint at {monitor_url}: {detail}"}
     if cfg.get("sync_always"):
         return {
             "setting": "always",
@@ -48,33 +52,65 @@ def durability_from_monitor(monitor_url: str | None) -> dict[str, Any]:
     }
 
 
-async def gather_status(nc: Client, monitor_url: str | None = None) -> dict[str, Any]:
-    """Everything ``hive status`` shows, as one dict."""
-    js = nc.jetstream()
-    await ensure_stream(js)
-    info = await js.stream_info(STREAM)
-    out: dict[str, Any] = {
-        "stream": {
+class JetStreamUnavailable(RuntimeError):
+    """The server answers, but not the JetStream API (JetStream off, or not ready yet)."""
+
+
+async def _stream_status(nc: Client) -> dict[str, Any]:
+    """The HIVE stream's sequence and size; ``exists: False`` (not created here) when absent."""
+    try:
+        info = await nc.jetstream(timeout=5).stream_info(STREAM)
+    except NotFoundError:
+        return {
             "name": STREAM,
-            "last_seq": info.state.last_seq,
-            "messages": info.state.messages,
-            "bytes": info.state.bytes,
-            "duplicate_window_s": info.config.duplicate_window,
-        },
-        "durability": durability_from_monitor(monitor_url),
+            "exists": False,
+            "last_seq": 0,
+            "messages": 0,
+            "bytes": 0,
+            "duplicate_window_s": None,
+            "detail": "no HIVE stream yet (the materializer or the first agent creates it)",
+        }
+    except (NoRespondersError, ServiceUnavailableError, NatsTimeout) as e:
+        raise JetStreamUnavailable(
+            f"JetStream does not answer on this server ({e}): is it enabled (nats-server -js) and ready?"
+        ) from None
+    return {
+        "name": STREAM,
+        "exists": True,
+        "last_seq": info.state.last_seq,
+        "messages": info.state.messages,
+        "bytes": info.state.bytes,
+        "duplicate_window_s": info.config.duplicate_window,
     }
+
+
+async def _materializer_status(nc: Client, last_seq: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What the running materializer reports (tolerating fields it lacks), and the row counts."""
     try:
         reply = await nc.request(STATUS_SUBJECT, b"{}", timeout=2)
-        mat = orjson.loads(reply.data)
-        mat["lag"] = max(0, info.state.last_seq - mat["applied_seq"])
-        out["materializer"] = {"running": True, **mat}
-        counts = await remote_query(nc, COUNTS_SQL, timeout_s=5)
-        out["counts"] = {row[0]: row[1] for row in counts.rows}
     except (NoRespondersError, NatsTimeout):
-        out["materializer"] = {
-            "running": False,
-            "detail": "no materializer answers (start `hive materialize`)",
-        }
-    except QueryError as e:
-        out["counts"] = {"error": str(e)}
+        return {"running": False, "detail": "no materializer answers (start `hive materialize`)"}, None
+    try:
+        mat = orjson.loads(reply.data)
+    except orjson.JSONDecodeError:
+        mat = None
+    if not isinstance(mat, dict):
+        return {"running": True, "detail": f"unreadable status reply: {reply.data[:200]!r}"}, None
+    applied = mat.get("applied_seq")
+    mat["lag"] = max(0, last_seq - applied) if isinstance(applied, int) else None
+    try:
+        counts = await remote_query(nc, COUNTS_SQL, timeout_s=5)
+        return {"running": True, **mat}, {str(row[0]): row[1] for row in counts.rows}
+    except (QueryError, NoRespondersError, NatsTimeout) as e:
+        return {"running": True, **mat}, {"error": str(e) or type(e).__name__}
+
+
+async def gather_status(nc: Client, monitor_url: str | None = None) -> dict[str, Any]:
+    """Everything ``hive status`` shows, as one dict; parts the server or the materializer do not
+    have are reported as such (``exists: False``, ``running: False``, a ``detail``)."""
+    stream = await _stream_status(nc)
+    out: dict[str, Any] = {"stream": stream, "durability": durability_from_monitor(monitor_url)}
+    out["materializer"], counts = await _materializer_status(nc, stream["last_seq"])
+    if counts is not None:
+        out["counts"] = counts
     return out

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,77 @@ def test_long_running_commands_obey_signals_while_connecting(
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+def test_status_survives_what_the_server_lacks(nats_server: streams.EmbeddedServer) -> None:
+    """`hive status --json` on a server with no HIVE stream, a "materializer" answering an empty
+    status, and a monitoring URL that is not HTTP prints what it can (exit 0, no traceback) and
+    does not create the stream."""
+    import asyncio
+    import json
+    import threading
+
+    url = nats_server.url
+    port = url.rsplit(":", 1)[1]
+    ready, done = threading.Event(), threading.Event()
+    result: dict[str, object] = {}
+
+    async def responder() -> None:  # a real subscriber on the status subject, answering {}
+        client = await streams.connect(url, name="odd-materializer")
+        try:
+            async def answer(msg: Any) -> None:
+                await msg.respond(b"{}")
+
+            await client.subscribe(streams.STATUS_SUBJECT, cb=answer)
+            await client.flush()
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+            result["has_stream"] = streams.STREAM in [
+                s.config.name for s in await client.jetstream().streams_info()
+            ]
+        finally:
+            await client.close()
+
+    t = threading.Thread(target=lambda: asyncio.run(responder()))
+    t.start()
+    try:
+        assert ready.wait(30)
+        r = run_hive("status", "--nats", url, "--monitor", f"http://127.0.0.1:{port}", "--json", timeout=60)
+        table = run_hive("status", "--nats", url, "--monitor", f"http://127.0.0.1:{port}", timeout=60)
+    finally:
+        done.set()
+        t.join(30)
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    assert st["stream"]["exists"] is False and st["stream"]["last_seq"] == 0
+    assert st["durability"]["setting"] == "unknown"
+    assert st["materializer"]["running"] is True
+    assert table.returncode == 0 and "Traceback" not in table.stdout + table.stderr, table.stderr
+    assert result["has_stream"] is False
+
+
+def test_status_without_jetstream_is_one_line(tmp_path: Path) -> None:
+    """`hive status` against a NATS server without JetStream says so in one line (exit != 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen(
+        [streams.find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as c:
+                if c.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        r = run_hive(
+            "status", "--nats", f"nats://127.0.0.1:{port}", "--monitor", "http://127.0.0.1:1", timeout=60
+        )
+        _assert_one_clear_error(r, "JetStream")
+    finally:
+        srv.terminate()
+        srv.wait(10)

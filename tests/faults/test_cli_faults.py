@@ -177,6 +177,7 @@ def test_status_survives_what_the_server_lacks(nats_server: streams.EmbeddedServ
     async def responder() -> None:  # a real subscriber on the status subject, answering {}
         client = await streams.connect(url, name="odd-materializer")
         try:
+
             async def answer(msg: Any) -> None:
                 await msg.respond(b"{}")
 

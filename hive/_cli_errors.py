@@ -22,7 +22,7 @@ import streams
 
 from ._query import QueryError
 from ._status import JetStreamUnavailable
-from ._store import DatabaseLocked
+from ._store import StoreError
 
 
 def _nats_url(args: list[str]) -> str:
@@ -65,7 +65,7 @@ def describe(e: BaseException, args: list[str]) -> str | None:
     """The one-line message for an error a user can cause, or None for an unexpected one."""
     url = _nats_url(args)
     if isinstance(
-        e, DatabaseLocked | QueryError | streams.ServerError | streams.PublishError | JetStreamUnavailable
+        e, StoreError | QueryError | streams.ServerError | streams.PublishError | JetStreamUnavailable
     ):
         return str(e)
     if isinstance(e, duckdb.Error):

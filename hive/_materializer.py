@@ -2,14 +2,21 @@
 
 Loop: fetch a batch from an ephemeral pull consumer (no acks: the DuckDB checkpoint is the
 truth), decode and project it, and apply rows + checkpoint in one transaction in a worker
-thread while the next batch is fetched. On start, and whenever the consumer is lost, it resumes
-from the last sequence it has read. Every few seconds it writes an atomic snapshot file.
+thread while the next batch is fetched. Every few seconds it writes an atomic snapshot file.
+
+It never skips a sequence: a batch is applied only if it starts right after the applied
+checkpoint (or the stream proves the sequences between were deleted). On start, whenever the
+consumer is lost, and whenever a batch does not follow, it finishes the apply in flight, drops
+what it read but did not apply, and re-reads from the checkpoint. A commit that fails for lack
+of storage (disk full, I/O error) is logged once, retried with capped exponential backoff, and
+applied once space is back; the connection is reopened if DuckDB gave it up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +44,32 @@ from streams import (
 from ._failpoints import failpoint
 from ._lockdown import lock_down, snapshot_scratch_paths
 from ._query import answer_request
-from ._store import applied_seq, apply_batch, open_store, snapshot_path_for, write_snapshot
+from ._store import applied_seq, apply_batch, connect_db, open_store, snapshot_path_for, write_snapshot
 
 log = structlog.get_logger("hive.materializer")
+
+INACTIVE_ENV = "HIVE_CONSUMER_INACTIVE_S"
+"""Environment override of the reader's consumer inactive threshold, in seconds (default 60)."""
+
+_RETRY_MAX_S = 30.0
+_NO_SPACE = ("no space left", "disk quota", "file too large")
+_STORAGE = (*_NO_SPACE, "could not write", "failed to commit", "read-only file system", "input/output error")
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """``"disk_full"`` or ``"storage_error"`` when ``error`` (or what it chained from) is the
+    storage refusing a write, else None. A failed COMMIT surfaces as a DuckDB TransactionException
+    whose text carries the OS error; the ROLLBACK after it may raise in its turn."""
+    seen: BaseException | None = error
+    kind = None
+    while seen is not None:
+        text = str(seen).lower()
+        if any(m in text for m in _NO_SPACE):
+            return "disk_full"
+        if isinstance(seen, OSError | duckdb.IOException) or any(m in text for m in _STORAGE):
+            kind = "storage_error"
+        seen = seen.__cause__ or seen.__context__
+    return kind
 
 
 @dataclass
@@ -72,6 +102,7 @@ class Materializer:
         serve_queries: bool = True,
         stop_at_seq: int | None = None,
         connect_options: dict[str, Any] | None = None,
+        inactive_threshold: float | None = None,
     ) -> None:
         self.nats_url = nats_url
         self.db_path = Path(db_path)
@@ -81,9 +112,16 @@ class Materializer:
         self.serve_queries = serve_queries
         self.stop_at_seq = stop_at_seq
         self.connect_options = connect_options or {}
+        self.inactive_threshold = (
+            inactive_threshold
+            if inactive_threshold is not None
+            else float(os.environ.get(INACTIVE_ENV, "60"))
+        )
+        """Seconds the server keeps the ephemeral consumer while nobody pulls (a paused process)."""
         self.stats = MaterializerStats()
         self._stop = asyncio.Event()
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._writer: duckdb.DuckDBPyConnection | None = None
         self._nc: Client | None = None
         self.ready = asyncio.Event()
         """Set once the query service is subscribed (and the server knows it) and ingest begins."""
@@ -97,7 +135,7 @@ class Materializer:
         con = open_store(self.db_path)
         lock_down(con, scratch=snapshot_scratch_paths(self.snapshot_path))  # queries: no files/settings
         self._con = con
-        writer = con.cursor()
+        self._writer = writer = con.cursor()
         self.stats.applied_seq = applied_seq(writer)
         nc = await connect(self.nats_url, name="hive-materializer", **self.connect_options)
         self._nc = nc
@@ -111,25 +149,30 @@ class Materializer:
                 await nc.flush()
             self.ready.set()
             log.info("materializer_started", db=str(self.db_path), resume_from=self.stats.applied_seq + 1)
-            await self._ingest(nc, writer)
+            await self._ingest(nc)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), 3.0)
             with contextlib.suppress(Exception):
                 if not nc.is_closed:
                     await nc.close()
+            writer, con = self._writer or writer, self._con or con  # reopened after a storage error?
             with contextlib.suppress(Exception):
                 if self.stats.snapshot_seq != self.stats.applied_seq:
                     write_snapshot(writer, self.snapshot_path)
-            writer.close()
-            con.close()
-            self._con = None
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(Exception):
+                con.close()
+            self._con = self._writer = None
         log.info("materializer_stopped", applied_seq=self.stats.applied_seq, events=self.stats.events)
         return self.stats
 
-    async def _ingest(self, nc: Client, writer: duckdb.DuckDBPyConnection) -> None:
-        reader = await LogReader(nc, after_seq=self.stats.applied_seq).start()
-        pending: asyncio.Future[None] | None = None
+    async def _ingest(self, nc: Client) -> None:
+        reader = await LogReader(
+            nc, after_seq=self.stats.applied_seq, inactive_threshold=self.inactive_threshold
+        ).start()
+        pending: asyncio.Future[bool] | None = None
         buffer: list[LogEntry] = []
         max_group = 8 * self.batch_size
         last_snapshot = 0.0
@@ -139,13 +182,20 @@ class Materializer:
                     break
                 try:
                     batch = await reader.fetch(self.batch_size, timeout=0.5)
-                except (ConsumerLost, nats.errors.Error) as e:
-                    # The consumer expired or the server went away: re-create it after the last
-                    # sequence read (the checkpoint in DuckDB stays the truth across restarts).
-                    log.warning("consumer_lost", error=str(e), resume_from=reader.last_seq + 1)
+                except (ConsumerLost, nats.errors.Error, OSError, TimeoutError) as e:
+                    # The consumer expired or the server went away. Finish the apply in flight,
+                    # drop what was read but not applied, and re-read from the checkpoint.
+                    if pending is not None:
+                        await pending
+                        pending = None
+                    buffer = []
+                    log.warning(
+                        "consumer_lost",
+                        error=str(e) or type(e).__name__,
+                        resume_from=self.stats.applied_seq + 1,
+                    )
                     await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await reader.reset()
+                    await self._rewind(reader)
                     continue
                 if batch:
                     failpoint("after_fetch")
@@ -153,24 +203,128 @@ class Materializer:
                 if pending is not None and not pending.done() and batch and len(buffer) < max_group:
                     continue  # group commit: keep reading while the writer is busy
                 if pending is not None:
-                    await pending
+                    applied = await pending
                     pending = None
+                    if not applied:  # given up on (stopping): what was read after it re-reads later
+                        buffer = []
+                        continue
                 if buffer:
+                    if not await self._follows(reader, buffer):
+                        buffer = []
+                        await asyncio.sleep(0.2)
+                        await self._rewind(reader)
+                        continue
                     # Apply in a worker thread (DuckDB releases the GIL) while the next batch is fetched.
-                    pending = asyncio.ensure_future(asyncio.to_thread(self._apply, writer, buffer))
+                    pending = asyncio.ensure_future(self._apply_durably(buffer))
                     buffer = []
                 elif time.monotonic() - last_snapshot > self.snapshot_every_s:
                     if self.stats.snapshot_seq != self.stats.applied_seq:
-                        await asyncio.to_thread(self._snapshot, writer)
+                        await asyncio.to_thread(self._snapshot)
                     last_snapshot = time.monotonic()
-            if pending is not None:
-                await pending
-            if buffer:
-                self._apply(writer, buffer)
+            if pending is not None and await pending and buffer and await self._follows(reader, buffer):
+                await self._apply_durably(buffer)
         finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
             await reader.close()
 
+    async def _rewind(self, reader: LogReader) -> None:
+        """Point the reader at the applied checkpoint and re-create its consumer (if the server is
+        unreachable now, the reader's next fetch retries)."""
+        reader.last_seq = self.stats.applied_seq
+        with contextlib.suppress(Exception):
+            await reader.reset()
+
+    async def _follows(self, reader: LogReader, batch: list[LogEntry]) -> bool:
+        """Whether ``batch`` continues the applied checkpoint with no sequence skipped: it starts at
+        ``applied_seq + 1`` and is contiguous, or each jump is a gap the stream proves (deleted)."""
+        first, last = batch[0].seq, batch[-1].seq
+        applied = self.stats.applied_seq
+        if first == applied + 1 and last - first + 1 == len(batch):
+            return True  # the usual case: two integer comparisons per batch
+        prev = applied
+        for entry in batch:
+            if entry.seq != prev + 1:
+                try:
+                    proven = entry.seq > prev and await reader.next_existing(prev + 1) == entry.seq
+                except Exception as e:
+                    log.warning("gap_unverified", after_seq=prev, delivered=entry.seq, error=str(e))
+                    proven = False
+                if not proven:
+                    log.error(
+                        "ingest_gap",
+                        expected=prev + 1,
+                        delivered=entry.seq,
+                        applied_seq=applied,
+                        action="re-read",
+                    )
+                    return False
+            prev = entry.seq
+        return True
+
+    async def _apply_durably(self, batch: list[LogEntry]) -> bool:
+        """Apply ``batch``, retrying while the storage refuses the commit (disk full, I/O error)
+        with capped exponential backoff. False if the materializer was stopped before it could."""
+        delay, failing = 0.5, False
+        while True:
+            try:
+                if self._writer is None:
+                    self._reopen()
+                assert self._writer is not None
+                await asyncio.to_thread(self._apply, self._writer, batch)
+            except Exception as e:
+                kind = storage_failure(e)
+                if kind is None:
+                    raise
+                detail = f"{'disk full' if kind == 'disk_full' else 'storage error'}: {e}"
+                if not failing:  # one clear error; the retries are quieter
+                    log.error(
+                        kind, detail=detail, seq_from=batch[0].seq, seq_to=batch[-1].seq, retry_in_s=delay
+                    )
+                else:
+                    log.info("apply_retry", kind=kind, retry_in_s=delay)
+                failing = True
+                self._check_connection()
+                if self._stop.is_set():
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    return False
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if failing:
+                log.info("storage_recovered", applied_seq=self.stats.applied_seq)
+            return True
+
+    def _check_connection(self) -> None:
+        """After a failed commit: keep the connection if it still answers, else drop it (reopened
+        before the next attempt)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.execute("SELECT 1").fetchall()
+        except duckdb.Error as e:
+            log.warning("db_connection_lost", error=str(e))
+            for c in (self._writer, self._con):
+                with contextlib.suppress(Exception):
+                    c.close()  # type: ignore[union-attr]
+            self._writer = None
+
+    def _reopen(self) -> None:
+        """Open the database again after DuckDB invalidated it (raises while storage still fails)."""
+        con = connect_db(self.db_path)
+        with contextlib.suppress(duckdb.Error):  # the same instance may still be cached (and locked)
+            lock_down(con, scratch=snapshot_scratch_paths(self.snapshot_path))
+        self._con, self._writer = con, con.cursor()
+        self.stats.applied_seq = applied_seq(self._writer)
+        log.info("db_reopened", applied_seq=self.stats.applied_seq)
+
     def _apply(self, writer: duckdb.DuckDBPyConnection, batch: list[LogEntry]) -> None:
+        if batch[-1].seq <= self.stats.applied_seq:
+            return  # a retry whose commit had in fact gone through
         rows = apply_batch(writer, batch)
         s = self.stats
         s.applied_seq = rows.last_seq
@@ -180,9 +334,15 @@ class Materializer:
         for seq, subject, reason, _raw, _at in rows["dead_letters"]:
             log.warning("dead_letter", seq=seq, subject=subject, reason=reason)
 
-    def _snapshot(self, writer: duckdb.DuckDBPyConnection) -> None:
-        seq = self.stats.applied_seq
-        write_snapshot(writer, self.snapshot_path)
+    def _snapshot(self) -> None:
+        seq, writer = self.stats.applied_seq, self._writer
+        if writer is None:
+            return
+        try:
+            write_snapshot(writer, self.snapshot_path)
+        except Exception as e:  # a full disk must not stop ingest: the next snapshot tries again
+            log.warning("snapshot_failed", error=str(e), path=str(self.snapshot_path))
+            return
         self.stats.snapshot_seq = seq
 
     async def _on_query(self, msg: Msg) -> None:

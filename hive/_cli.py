@@ -555,8 +555,9 @@ from ._agent_cli import agent  # noqa: E402
 from ._credentials_cli import credentials  # noqa: E402
 from ._distill_cli import distill, keys, model  # noqa: E402
 from ._export_cli import export  # noqa: E402
+from ._plot_cli import plot  # noqa: E402
 
-for _command in (agent, credentials, distill, export, keys, model):
+for _command in (agent, credentials, distill, export, keys, model, plot):
     cli.add_command(_command)
 
 

@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Independent readers for the tests: the official DuckDB 1.x CLI (a different DuckDB than the
+# project's), in a scratch environment of its own, so "any DuckDB client opens the snapshot" is tested.
+READERS := .venv-readers/.installed
+$(READERS):
+	$(PYTHON) -m venv .venv-readers
+	.venv-readers/bin/pip install -q duckdb-cli==1.5.6
+	touch $(READERS)
+
 # The optional hf backend (transformers + peft): the tests need it, the swarm does not.
 $(HF): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,hf]'
@@ -25,7 +33,7 @@ up: $(STAMP)
 	$(VENV)/bin/hive up $(ARGS)
 
 ## Lint, type-check and run the whole test suite against real nats-server processes and DuckDB files.
-test: $(HF) lint
+test: $(HF) $(READERS) lint
 	$(PY) -m pytest -q
 
 ## The whole fault campaign (kill -9, SIGSTOP, full streams, cluster node loss, hostile input).
@@ -44,4 +52,4 @@ bench: $(STAMP)
 	$(VENV)/bin/hive bench ingest --events 50000 --json
 
 clean:
-	rm -rf $(VENV) hive-data
+	rm -rf $(VENV) .venv-readers hive-data

@@ -298,10 +298,17 @@ def apply_batch(cur: duckdb.DuckDBPyConnection, messages: list[LogEntry]) -> Row
     return rows
 
 
+SNAPSHOT_STORAGE_VERSION = "v1.0.0"
+"""The on-disk format of snapshots: the oldest DuckDB 1.x storage, which every 1.x (and later)
+client reads: the ``duckdb`` CLI 1.5, the Go, .NET, Node and R bindings. The live database keeps
+the running library's newest format. Measured cost in BENCHMARKS.md (``bench/snapshot.py``)."""
+
+
 def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     """Copy the whole database into ``target`` atomically (write a temp file, then rename).
 
-    Readers, the ``duckdb`` CLI included, can open the snapshot while the materializer runs.
+    Readers, the ``duckdb`` CLI included, can open the snapshot while the materializer runs: it is
+    written in :data:`SNAPSHOT_STORAGE_VERSION`, so any DuckDB 1.x client opens it.
     The temp files are :func:`hive.snapshot_scratch_paths` of ``target``: the only files a
     locked-down database (:func:`hive.lock_down`) lets this write.
     """
@@ -315,7 +322,8 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     row = cur.execute("SELECT current_database()").fetchone()
     assert row is not None
     src = row[0]
-    cur.execute(f"ATTACH {_sql_str(str(tmp))} AS hive_snapshot_tmp")
+    version = _sql_str(SNAPSHOT_STORAGE_VERSION)
+    cur.execute(f"ATTACH {_sql_str(str(tmp))} AS hive_snapshot_tmp (STORAGE_VERSION {version})")
     try:
         cur.execute(f'COPY FROM DATABASE "{src}" TO hive_snapshot_tmp')
     finally:

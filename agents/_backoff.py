@@ -37,6 +37,19 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Errors a NATS operation raises while the server is paused, restarting or unreachable."""
 
+TRANSIENT_API_ERR_CODES = frozenset({10158})
+"""JetStream API errors that mean "try again": 10158 is "duplicate message id is in process", the
+answer to a publish retried (same ``Nats-Msg-Id``) while the first attempt is still being
+replicated, as after a cluster node comes back from a pause. The retry gets a duplicate ack."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether ``e`` is a transient NATS failure: one of :data:`TRANSIENT_ERRORS`, or a JetStream
+    API error whose code is in :data:`TRANSIENT_API_ERR_CODES`."""
+    if isinstance(e, TRANSIENT_ERRORS):
+        return True
+    return isinstance(e, nats.js.errors.APIError) and e.err_code in TRANSIENT_API_ERR_CODES
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -70,7 +83,7 @@ async def retry_transient(
         try:
             return await op()
         except Exception as e:
-            if not (isinstance(e, TRANSIENT_ERRORS) or (transient is not None and transient(e))):
+            if not (is_transient(e) or (transient is not None and transient(e))):
                 raise
             attempt += 1
             left = deadline - time.monotonic()

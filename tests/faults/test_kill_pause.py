@@ -83,10 +83,10 @@ async def test_server_kill9_under_load_loses_nothing(
     db = tmp_path / "hive.duckdb"
     mat = _materialize(spawn, nats_server.url, db)
     load = AckedLoad(nats_server.url).start()
-    await wait_for(lambda: len(load.acked) > 1500, timeout=60, what="load before the kill")
+    await wait_for(lambda: len(load.acked) > 800, timeout=60, what="load before the kill")
     await wait_for(lambda: _ingesting(nats_server.url), timeout=60, what="the materializer ingesting")
     await _restart_server(nats_server, 0.5)
-    await wait_for(lambda: len(load.acked) > 3500, timeout=90, what="load after the restart")
+    await wait_for(lambda: len(load.acked) > 1800, timeout=90, what="load after the restart")
     acked = await load.stop()
     await _verify(nats_server.url, db, acked, mat)
 
@@ -99,14 +99,14 @@ async def test_materializer_paused_past_inactive_threshold_loses_nothing(
     db = tmp_path / "hive.duckdb"
     mat = _materialize(spawn, nats_server.url, db)
     load = AckedLoad(nats_server.url).start()
-    await wait_for(lambda: len(load.acked) > 1500, timeout=60, what="load before the pause")
+    await wait_for(lambda: len(load.acked) > 800, timeout=60, what="load before the pause")
     await wait_for(lambda: _ingesting(nats_server.url), timeout=60, what="the materializer ingesting")
     os.kill(mat.p.pid, signal.SIGSTOP)
     try:
         await asyncio.sleep(4.0)  # > 0.5 s lingering request + 1 s inactive threshold
     finally:
         os.kill(mat.p.pid, signal.SIGCONT)
-    await wait_for(lambda: len(load.acked) > 3500, timeout=90, what="load after the pause")
+    await wait_for(lambda: len(load.acked) > 1800, timeout=90, what="load after the pause")
     acked = await load.stop()
     await _verify(nats_server.url, db, acked, mat)
     assert "consumer_lost" in mat.output(), "the pause did not cost the materializer its consumer"
@@ -118,7 +118,7 @@ async def test_consumer_deleted_repeatedly_during_catch_up_loses_nothing(
     """While the materializer catches up on a backlog (large batches in flight), another
     connection deletes its consumer again and again (as a server restart or an expiry would):
     every acked event is applied once, none skipped."""
-    load = AckedLoad(nats_server.url, count=8000)
+    load = AckedLoad(nats_server.url, count=5000)
     load.start()
     acked = await load.wait_done(timeout=120)
     db = tmp_path / "hive.duckdb"

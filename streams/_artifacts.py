@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig
 from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
@@ -37,6 +38,7 @@ from nats.js.errors import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._codec import DecodeError, decode
+from ._connect import default_replicas
 from ._consumer import LogReader
 from ._events import Metrics, ModelPublished, Name, Sha256, utcnow
 from ._signing import SignatureError, sign, verify
@@ -106,6 +108,10 @@ class ModelStore:
         self.obs: Any = None
         self.kv: Any = None
 
+    def _replicas(self) -> int:
+        """R3 on a cluster of three or more nodes (a model survives the loss of one), else R1."""
+        return default_replicas(self.nc)
+
     async def open(self, *, create: bool = False) -> ModelStore:
         """Bind the buckets (creating them when ``create``; only the distiller does)."""
         try:
@@ -115,14 +121,22 @@ class ModelStore:
                 raise ArtifactError(
                     f"object store {MODEL_BUCKET!r} does not exist yet (no model published)"
                 ) from None
-            self.obs = await self.js.create_object_store(MODEL_BUCKET, description="hive model artifacts")
+            self.obs = await self.js.create_object_store(
+                MODEL_BUCKET,
+                config=ObjectStoreConfig(
+                    bucket=MODEL_BUCKET, description="hive model artifacts", replicas=self._replicas()
+                ),
+            )
         try:
             self.kv = await self.js.key_value(POINTER_BUCKET)
         except (NotFoundError, BadRequestError):
             if not create:
                 raise ArtifactError(f"KV bucket {POINTER_BUCKET!r} does not exist yet") from None
             self.kv = await self.js.create_key_value(
-                bucket=POINTER_BUCKET, history=POINTER_HISTORY, description="hive current-model pointers"
+                bucket=POINTER_BUCKET,
+                history=POINTER_HISTORY,
+                description="hive current-model pointers",
+                replicas=self._replicas(),
             )
         return self
 

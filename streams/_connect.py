@@ -53,6 +53,11 @@ async def connect(url: str | list[str] = DEFAULT_URL, *, name: str = "hive", **k
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
         "allow_reconnect": True,
+        # nats-py pings every 120 s by default, so a frozen server (SIGSTOP, a stalled VM) went
+        # unnoticed for minutes; 5 s pings with 3 outstanding move a client to another cluster
+        # node (or into reconnecting) within ~20 s.
+        "ping_interval": 5,
+        "max_outstanding_pings": 3,
     }
     if not ({"user", "password", "user_credentials", "nkeys_seed", "token"} & kwargs.keys()):
         from ._auth import connect_options_from_env  # the role's credentials, when the env names them

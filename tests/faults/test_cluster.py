@@ -112,8 +112,8 @@ async def _applied_seq_ge(nc: Any, last: int) -> bool:
 async def test_stream_is_r3_on_a_cluster_and_r1_on_one_server(
     cluster: streams.EmbeddedCluster, nats_server: streams.EmbeddedServer
 ) -> None:
-    """ensure_stream gives HIVE three replicas on a 3-node cluster (and the claims KV buckets too)
-    and one on a single server."""
+    """ensure_stream gives HIVE three replicas on a 3-node cluster (and the claims KV buckets, the
+    model Object Store and the pointer KV too) and one on a single server."""
     nc = await streams.connect(cluster.url)
     try:
         assert streams.cluster_size(nc) == 3
@@ -125,6 +125,9 @@ async def test_stream_is_r3_on_a_cluster_and_r1_on_one_server(
         for bucket in (streams.IDENTITY_CLAIMS_BUCKET, streams.RUN_CLAIMS_BUCKET):
             kv = await nc.jetstream().stream_info(f"KV_{bucket}")
             assert kv.config.num_replicas == 3, bucket
+        await streams.ModelStore(nc).open(create=True)  # the model artifacts and pointer: R3 too
+        for stream in (f"OBJ_{streams.MODEL_BUCKET}", f"KV_{streams.POINTER_BUCKET}"):
+            assert (await nc.jetstream().stream_info(stream)).config.num_replicas == 3, stream
     finally:
         await nc.close()
     one = await streams.connect(nats_server.url)

@@ -9,7 +9,17 @@ from ._materializer import Materializer, MaterializerStats, rebuild
 from ._projections import TABLES, Rows, decode_batch, project
 from ._query import QueryError, QueryResult, check_read_only, remote_query, run_read_only
 from ._schema import ARROW, MIGRATIONS, SCHEMA_VERSION, migrate
-from ._store import DatabaseLocked, apply_batch, connect_db, open_store, snapshot_path_for, write_snapshot
+from ._store import (
+    SNAPSHOT_STORAGE_VERSION,
+    DatabaseLocked,
+    StoreError,
+    StorePermissionError,
+    apply_batch,
+    connect_db,
+    open_store,
+    snapshot_path_for,
+    write_snapshot,
+)
 from ._store import applied_seq as applied_seq_of
 
 __all__ = [
@@ -17,6 +27,7 @@ __all__ = [
     "GENERATIONS_SQL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SNAPSHOT_STORAGE_VERSION",
     "TABLES",
     "DatabaseLocked",
     "Generations",
@@ -25,6 +36,8 @@ __all__ = [
     "QueryError",
     "QueryResult",
     "Rows",
+    "StoreError",
+    "StorePermissionError",
     "applied_seq_of",
     "apply_batch",
     "check_read_only",

@@ -12,6 +12,8 @@ Migrations are append-only: each entry is applied once, in order, and recorded i
 
 from __future__ import annotations
 
+import contextlib
+
 import duckdb
 import pyarrow as pa
 
@@ -282,6 +284,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             )
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it
+                con.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION

@@ -115,6 +115,16 @@ def _check_writable(path: Path) -> None:
         os.close(fd)
 
 
+_NOT_CORRUPTION = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Too many open files",
+    "Cannot allocate memory",
+    "Out of Memory",
+)
+"""Signs in a DuckDB open error that the machine is at fault (disk, quotas, memory), not the file."""
+
+
 def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open (or create) the materializer's database and migrate it.
 
@@ -129,6 +139,10 @@ def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
     try:
         con = connect_db(path)  # DatabaseLocked and StorePermissionError (not duckdb.Error) propagate
     except duckdb.Error as e:
+        if any(sign in str(e) for sign in _NOT_CORRUPTION):
+            # The machine, not the file: a full disk or exhausted resources. Quarantining would
+            # throw away a healthy database; report it and let the operator (or a retry) fix it.
+            raise StoreError(f"cannot open {path}: {e}") from None
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
         log.warning("db_quarantined", path=str(path), moved_to=str(aside), error=str(e))
         try:
@@ -141,7 +155,13 @@ def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
                 raise StorePermissionError(path, f"cannot move it aside: {e2.strerror}") from None
             raise
         con = connect_db(path)
-    migrate(con)
+    try:
+        migrate(con)
+    except duckdb.Error as e:
+        con.close()
+        if any(sign in str(e) for sign in _NOT_CORRUPTION):
+            raise StoreError(f"cannot prepare {path}: {e}") from None
+        raise
     return con
 
 

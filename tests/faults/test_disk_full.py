@@ -71,3 +71,30 @@ async def test_disk_full_is_ridden_out(
     verdict = check(acked, await read_stream(nats_server.url), applied_state(db))
     verdict.assert_ok()
     assert verdict.acked == 4000
+
+
+def test_open_on_a_full_disk_is_not_mistaken_for_corruption(small_disk: Path) -> None:
+    """A healthy database whose WAL must be replayed when opened, on a full disk: opening fails
+    with a clear StoreError and the file stays where it is (no quarantine, nothing rebuilt)."""
+    import sys
+
+    from hive import StoreError, open_store
+
+    db = small_disk / "hive.duckdb"
+    script = (
+        "import duckdb, os, sys\n"
+        "con = duckdb.connect(sys.argv[1])\n"
+        "con.execute('SET checkpoint_threshold = \\'1GB\\'')\n"
+        "con.execute('CREATE TABLE t AS SELECT range AS i, repeat(\\'x\\', 100) AS s FROM range(20000)')\n"
+        "os._exit(0)  # no checkpoint: the rows live in the WAL\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True, timeout=60)
+    assert Path(str(db) + ".wal").exists()
+    filler = _fill(small_disk, leave=0)
+    with pytest.raises(StoreError):
+        open_store(db)
+    assert db.exists() and not list(small_disk.glob("hive.duckdb.corrupt-*"))
+    filler.unlink()
+    con = open_store(db)  # space freed: the same file opens, its rows intact
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (20000,)
+    con.close()

@@ -9,6 +9,7 @@ from ._guidance import merged_avoid, parse_rule, violates
 from ._read_model import MIN_REPLICATES, NOISE_SIGMAS, SwarmView, TaskView
 from ._registry import BUILTIN_AGENTS, available_agent_types, load_agent_type
 from ._runtime import AgentContext, AgentRuntime, ModelSlot
+from ._study import StudyResult, normalized_regret, run_study, trials_to_target
 from ._task import ENTRY_POINT_GROUP, Knob, Task, TaskFailed, available_tasks, knobs, load_task
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Claims",
     "Knob",
     "ModelSlot",
+    "StudyResult",
     "SwarmView",
     "Task",
     "TaskFailed",
@@ -34,7 +36,10 @@ __all__ = [
     "load_agent_type",
     "load_task",
     "merged_avoid",
+    "normalized_regret",
     "on",
     "parse_rule",
+    "run_study",
+    "trials_to_target",
     "violates",
 ]

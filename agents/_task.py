@@ -165,6 +165,8 @@ class Task(ABC):
             # deterministic given (instance, recipe, seed, budget); finite floats including `metric`;
             # raises TaskFailed("reason") when the recipe diverges or is unusable, never returns NaN
         objective(metrics) -> float               # lower-is-better form of metrics[metric]
+        optimum() -> float | None                 # noise-free best objective (None: unknown)
+        true_objective(recipe) -> float | None    # noise-free objective of a recipe (None: unknown)
         sample(rng) -> BaseModel                  # uniformly random valid recipe (log-uniform on log knobs)
         mutate(recipe, rng, scale=0.2) -> BaseModel  # a valid neighbour (at least one knob changed)
         validate_recipe(recipe: dict) -> BaseModel   # space.model_validate(recipe): pydantic errors
@@ -214,6 +216,17 @@ class Task(ABC):
     @abstractmethod
     def run(self, recipe: BaseModel, seed: int, budget: float) -> dict[str, float]:
         """Run one experiment; finite metrics including :attr:`metric`, or raise :class:`TaskFailed`."""
+
+    def optimum(self) -> float | None:
+        """The noise-free optimal objective of this instance, in lower-is-better form (None: unknown).
+
+        Exactly what :meth:`objective` would report for the best recipe without noise; no recipe's
+        :meth:`true_objective` is below it. Benchmarks measure regret against it."""
+        return None
+
+    def true_objective(self, recipe: BaseModel) -> float | None:
+        """The noise-free objective of ``recipe`` on this instance, lower-is-better (None: unknown)."""
+        return None
 
     def objective(self, metrics: Mapping[str, float]) -> float:
         """The headline metric in lower-is-better form."""

@@ -56,7 +56,7 @@ def test_instances_shift_the_optimum_differently(family: str) -> None:
     a, b, a_again = _synthetic(f"{family}/1"), _synthetic(f"{family}/2"), _synthetic(f"{family}/1")
     assert a.shift != b.shift and a.scale != b.scale
     assert a.shift == a_again.shift and a.scale == a_again.scale
-    assert a.optimum() != b.optimum()
+    assert a.optimum_recipe() != b.optimum_recipe()
     assert a.true_value(a.baseline()) != b.true_value(b.baseline())
 
 
@@ -90,7 +90,7 @@ def test_optimum_beats_baseline_and_random_recipes(family: str) -> None:
     rng = random.Random(0)
     for index in range(8):
         task = _synthetic(f"{family}/{index}")
-        best, base = task.optimum(), task.baseline()
+        best, base = task.optimum_recipe(), task.baseline()
         assert task.true_value(best) == pytest.approx(task.optimal_value(), abs=1e-6)
         assert task.true_value(base) - task.optimal_value() > task.scale
         assert task.run(best, seed=index, budget=1)["value"] < task.run(base, seed=index, budget=1)["value"]

@@ -10,8 +10,9 @@ categoricals (``warp``, an input re-parametrisation; ``optimizer``, a known pena
     scale * (log1p(f(z - shift) - f*) + penalty[optimizer] + restart_cost(restarts)) + offset + noise
 
 with Gaussian noise (3% of scale per evaluation, seeded by the run seed and the recipe),
-averaged over ``budget`` evaluations. Lower is better; :meth:`SyntheticTask.optimum` is a
-recipe reaching the noise-free optimum :meth:`SyntheticTask.optimal_value`.
+averaged over ``budget`` evaluations. Lower is better; :meth:`SyntheticTask.optimum_recipe` is a
+recipe reaching the noise-free optimum :meth:`SyntheticTask.optimum` (= ``offset``), and
+:meth:`SyntheticTask.true_objective` is a recipe's noise-free value.
 """
 
 from __future__ import annotations
@@ -121,11 +122,19 @@ class SyntheticTask(Task):
         raw = math.log1p(gap) + self.penalty[values["optimizer"]] + self._restart_cost(values["restarts"])
         return self.scale * raw + self.offset
 
+    def true_objective(self, recipe: BaseModel) -> float:
+        """The noise-free objective of ``recipe`` (the value is minimised, so the value itself)."""
+        return self.true_value(recipe)
+
     def optimal_value(self) -> float:
-        """The best noise-free value of this instance (reached by :meth:`optimum`)."""
+        """The best noise-free value of this instance (reached by :meth:`optimum_recipe`)."""
         return self.offset
 
-    def optimum(self) -> BaseModel:
+    def optimum(self) -> float:
+        """The noise-free optimal objective: the offset (zero gap, free optimiser, best restarts)."""
+        return self.offset
+
+    def optimum_recipe(self) -> BaseModel:
         """A recipe at the instance's optimum (no warp, the free optimiser, the best restarts)."""
         coords = {f"x{i + 1}": x + s for i, (x, s) in enumerate(zip(self.x_star, self.shift, strict=True))}
         best = min(OPTIMIZERS, key=self.penalty.__getitem__)

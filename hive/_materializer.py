@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 import nats.errors
+import nats.js.errors
 import orjson
 import structlog
 from nats.aio.client import Client
@@ -130,6 +131,22 @@ class Materializer:
         """Ask :meth:`run` to finish the batch in hand, commit, snapshot and return."""
         self._stop.set()
 
+    async def _provision(self, js: Any) -> None:
+        """Create the stream and the agents' buckets, riding out a node lost while starting: a
+        timeout or "no responders" (a cluster electing a new leader) is retried with backoff."""
+        delay = 0.25
+        while True:
+            try:
+                await ensure_stream(js)
+                await ensure_agent_buckets(js)  # agents may write these buckets but not create them
+                return
+            except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
+                if self._stop.is_set():
+                    raise
+                log.warning("provision_retry", error=f"{type(e).__name__}: {e}", retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def run(self) -> MaterializerStats:
         """Open the database (failing fast if another process holds it), then ingest until stopped."""
         con = open_store(self.db_path)
@@ -141,8 +158,7 @@ class Materializer:
         self._nc = nc
         try:
             js = nc.jetstream()
-            await ensure_stream(js)
-            await ensure_agent_buckets(js)  # agents may write these buckets but not create them
+            await self._provision(js)
             if self.serve_queries:
                 await nc.subscribe(QUERY_SUBJECT, cb=self._on_query)
                 await nc.subscribe(STATUS_SUBJECT, cb=self._on_status)

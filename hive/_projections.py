@@ -142,6 +142,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.success,
                     ev.proposer,
                     ev.occurred_at,
+                    ev.proposer_reason,
                 )
             )
         elif isinstance(ev, ExperimentStarted):

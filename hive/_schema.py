@@ -4,7 +4,7 @@ Table and view names are part of the interface (users query them): ``experiments
 (finished runs), ``experiment_starts``,
 ``deployments``, ``guidance``, ``agents``, ``models``, ``dead_letters``, ``checkpoint``; views
 ``experiment_status``, ``best_per_task``, ``success_by_model``, ``deployment_success``,
-``agent_liveness``.
+``agent_liveness``, ``trajectories``, ``proposer_stats``.
 
 Migrations are append-only: each entry is applied once, in order, and recorded in
 ``schema_migrations``. Never edit a shipped migration; add a new one.
@@ -61,6 +61,7 @@ ARROW: dict[str, pa.Schema] = {
             ("success", pa.bool_()),
             ("proposer", pa.string()),
             ("finished_at", TS),
+            ("proposer_reason", pa.string()),
         ]
     ),
     "deployments": pa.schema(
@@ -250,10 +251,44 @@ CREATE TABLE agent_event_ids (event_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL)
 """The agent lifecycle events already folded into ``agents``: a copy of one republished after the
 duplicate window changes nothing, in whichever batch it arrives (as for every other table)."""
 
+_V4 = """
+ALTER TABLE experiments ADD COLUMN proposer_reason VARCHAR;
+CREATE VIEW trajectories AS
+WITH ordered AS (
+    SELECT task, split_part(task, '/', 1) AS family, seq, event_id, agent_id, proposer, proposer_reason,
+        model_version, recipe, objective, status, finished_at,
+        min(CASE WHEN status = 'ok' THEN objective END) OVER (
+            PARTITION BY task ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS incumbent_before
+    FROM experiments
+)
+SELECT task, family,
+    row_number() OVER (PARTITION BY task ORDER BY seq) AS trial,
+    seq, event_id, agent_id, proposer, proposer_reason, model_version, recipe, objective, status,
+    min(CASE WHEN status = 'ok' THEN objective END) OVER (
+        PARTITION BY task ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS best_so_far,
+    coalesce(status = 'ok' AND objective < incumbent_before, false) AS improved,
+    finished_at
+FROM ordered WHERE proposer IS DISTINCT FROM 'baseline';
+CREATE VIEW proposer_stats AS
+SELECT family, proposer, date_trunc('minute', finished_at) AS bucket,
+    count(*) AS experiments,
+    count(*) / sum(count(*)) OVER (PARTITION BY family, date_trunc('minute', finished_at)) AS share,
+    count(*) FILTER (WHERE improved) AS improvements,
+    avg(CASE WHEN improved THEN 1.0 ELSE 0.0 END) AS improvement_rate,
+    avg(CASE WHEN status = 'ok' THEN 1.0 ELSE 0.0 END) AS ok_rate
+FROM trajectories
+GROUP BY family, proposer, bucket ORDER BY family, bucket, proposer;
+"""
+"""ExperimentFinished v3: why the portfolio chose the proposer; each instance's trajectory in
+order (1-based ``trial``, baseline replicates excluded, ``best_so_far``, ``improved`` = beat the
+instance's incumbent, baselines included); proposer share and improvement rate per family and
+minute."""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: traces, agents, models, dead letters, views", _V1),
     (2, "deployments: reference (incumbent/baseline), its recipe/objective/source/score, proposer", _V2),
     (3, "agent_event_ids: agent events already folded into agents (batch-independent dedupe)", _V3),
+    (4, "experiments.proposer_reason; views trajectories and proposer_stats", _V4),
 ]
 """``(version, description, sql)``: applied in order, each once."""
 

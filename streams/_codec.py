@@ -49,6 +49,21 @@ def _experiment_finished_v1(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+@upcaster("ExperimentFinished", 2)
+def _experiment_finished_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """v2 had no ``proposer_reason`` (nothing recorded why the proposer was chosen)."""
+    d = dict(d)
+    d["proposer_reason"] = None
+    d["schema_version"] = 3
+    return d
+
+
+@upcaster("AgentStarted", 1)
+def _agent_started_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """v1's ``task`` was one instance, which v2 (instance or campaign) reads as is."""
+    return {**d, "schema_version": 2}
+
+
 @upcaster("DeploymentFinished", 1)
 def _deployment_finished_v1(d: dict[str, Any]) -> dict[str, Any]:
     """v1 always measured against the task's baseline and had no proposer field."""

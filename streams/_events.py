@@ -53,6 +53,16 @@ Timestamp = Annotated[datetime, AfterValidator(_utc_representable)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 """An identifier that is also a single NATS subject token (no dots, spaces or wildcards)."""
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:=-]+$")]
+TaskSpec = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)?(,[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)?)*$",
+    ),
+]
+"""What an agent was started on: one task instance, a range (``hartmann6/0-31``) or a comma list
+of them (``hartmann6/0,hartmann6/3-5``): a campaign (``agents.parse_campaign``)."""
 TaskRef = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)?$")
 ]
@@ -133,10 +143,15 @@ class ExperimentFinished(TraceEvent):
 
     ``objective`` is the task's metric in the task's direction-neutral form (lower is better).
     ``success`` is judged against the noise floor of replicated baselines, not one lucky seed.
+    ``proposer`` names the arm the recipe came from (``mutation``, ``prior``, ``tpe``,
+    ``model-v3``, ``baseline``, ``random``) and ``proposer_reason`` why the portfolio chose it
+    (e.g. its sampled improvement rate), so every trace says where its recipe came from.
+
+    v1 called the cost ``cost`` and had no ``proposer``; v2 had no ``proposer_reason``.
     """
 
     kind: Literal["ExperimentFinished"] = "ExperimentFinished"
-    schema_version: Literal[2] = 2
+    schema_version: Literal[3] = 3
     run_id: Name
     parent_id: EventId | None = None
     recipe: Recipe
@@ -149,6 +164,7 @@ class ExperimentFinished(TraceEvent):
     error: Text | None = None
     success: bool | None = None
     proposer: Annotated[str, StringConstraints(max_length=32)] = "prior"
+    proposer_reason: ShortText | None = None
 
 
 class DeploymentFinished(TraceEvent):
@@ -201,14 +217,16 @@ class GuidancePublished(TraceEvent):
 
 
 class AgentStarted(Event):
-    """An agent process came up."""
+    """An agent process came up; ``task`` is what it was started on (an instance or a campaign).
+
+    v1's ``task`` was one instance only (a v1 event reads unchanged as v2)."""
 
     CHANNEL: ClassVar[Literal["traces", "agents", "models"]] = "agents"
     kind: Literal["AgentStarted"] = "AgentStarted"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     host: ShortText = ""
     pid: Count = 0
-    task: TaskRef | None = None
+    task: TaskSpec | None = None
     heartbeat_s: float = Field(default=5.0, gt=0, le=3600)
 
 

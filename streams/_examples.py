@@ -41,7 +41,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         cost_s=0.004,
         status="ok",
         success=True,
-        proposer="model",
+        proposer="model-v3",
+        proposer_reason="thompson: model-v3 0.31 > mutation 0.22 (18/52 improved on hartmann6)",
     ),
     "DeploymentFinished": dict(
         event_id="d-1/dep-2/finish",
@@ -78,7 +79,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         agent_type="researcher",
         host="box",
         pid=4242,
-        task="hartmann6/17",
+        task="hartmann6/0-31",
         heartbeat_s=5.0,
     ),
     "AgentHeartbeat": dict(

@@ -71,7 +71,7 @@ def test_old_version_is_upcast_on_read() -> None:
     d["cost"] = d.pop("cost_s")
     d.pop("proposer")
     ev = decode(orjson.dumps(d))
-    assert isinstance(ev, ExperimentFinished) and ev.schema_version == 2 and ev.cost_s == 0.01
+    assert isinstance(ev, ExperimentFinished) and ev.schema_version == 3 and ev.cost_s == 0.01
 
 
 def test_deployment_v1_is_read_as_measured_against_the_baseline() -> None:
@@ -229,3 +229,32 @@ def test_dead_letter_reason_lists_every_error_within_a_bound() -> None:
         decode(orjson.dumps(d))
     assert len(err.value.reason) <= 2000 and "more" in err.value.reason
     assert "recipe.k0" in err.value.reason
+
+
+def test_experiment_finished_v2_is_upcast_to_v3_without_a_reason() -> None:
+    """An ExperimentFinished v2 (no ``proposer_reason``) reads as v3 with the reason None and
+    every other field kept; a v3 event keeps its reason through encode → decode."""
+    current = streams.example("ExperimentFinished")
+    assert isinstance(current, ExperimentFinished) and current.proposer_reason
+    d = orjson.loads(encode(current))
+    d["schema_version"] = 2
+    d.pop("proposer_reason")
+    ev = decode(orjson.dumps(d), streams.subject_for(current))
+    assert isinstance(ev, ExperimentFinished) and ev.schema_version == 3
+    assert ev.proposer_reason is None and ev.proposer == current.proposer and ev.recipe == current.recipe
+    assert decode(encode(current)) == current
+
+
+def test_agent_started_names_a_campaign_or_an_instance() -> None:
+    """AgentStarted v2 carries a campaign spec (range or comma list); v1 (one instance) reads
+    as v2 unchanged; a spec with spaces or an empty item is refused."""
+    ev = streams.example("AgentStarted")
+    ok = ev.model_copy(update={"task": "hartmann6/0,hartmann6/3-5"})
+    assert decode(encode(ok)) == ok
+    d = orjson.loads(encode(ev))
+    d.update(schema_version=1, task="hartmann6/17")
+    up = decode(orjson.dumps(d))
+    assert up.schema_version == 2 and getattr(up, "task", None) == "hartmann6/17"
+    for bad in ("hartmann6/0, hartmann6/1", "hartmann6/0,,x", "a/b/c"):
+        with pytest.raises(DecodeError):
+            decode(orjson.dumps({**orjson.loads(encode(ev)), "task": bad}))

@@ -258,7 +258,8 @@ WITH ordered AS (
     SELECT task, split_part(task, '/', 1) AS family, seq, event_id, agent_id, proposer, proposer_reason,
         model_version, recipe, objective, status, finished_at,
         min(CASE WHEN status = 'ok' THEN objective END) OVER (
-            PARTITION BY task ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS incumbent_before
+            PARTITION BY task ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+        ) AS incumbent_before
     FROM experiments
 )
 SELECT task, family,

@@ -48,7 +48,7 @@ def is_transient(e: BaseException) -> bool:
     API error whose code is in :data:`TRANSIENT_API_ERR_CODES`."""
     if isinstance(e, TRANSIENT_ERRORS):
         return True
-    return isinstance(e, nats.js.errors.APIError) and e.err_code in TRANSIENT_API_ERR_CODES
+    return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in TRANSIENT_API_ERR_CODES
 
 
 @dataclass(frozen=True)

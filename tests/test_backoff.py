@@ -40,3 +40,5 @@ async def test_a_refusal_is_raised_at_once() -> None:
         await retry_transient(publish, what="publish", backoff=FAST)
     assert len(calls) == 1
     assert is_transient(TimeoutError()) and not is_transient(ValueError())
+    # KV errors subclass APIError without setting err_code: judged, not crashed on (as the soak saw)
+    assert not is_transient(nats.js.errors.KeyWrongLastSequenceError())

@@ -31,6 +31,8 @@ BUILTIN_TASKS: Mapping[str, str] = types.MappingProxyType(
         "hartmann6": "agents.tasks.synthetic:Hartmann6",
         "rosenbrock": "agents.tasks.synthetic:Rosenbrock",
         "ackley": "agents.tasks.synthetic:Ackley",
+        "lmrecipe": "agents.tasks.recipe_surrogate:LMRecipeTask",
+        "augreg": "agents.tasks.augreg:AugRegTask",
         "sleep": "agents.tasks.sleep:SleepTask",
         "charlm": "agents.tasks.charlm:CharLM",
     }

@@ -168,17 +168,17 @@ def test_objective_is_lower_is_better() -> None:
 
 def test_builtins_are_registered() -> None:
     """The built-in tasks are available without entry points and their refs round-trip."""
-    assert set(available_tasks()) >= {*FAMILIES, "sleep", "charlm"}
+    assert set(available_tasks()) >= {*FAMILIES, "sleep", "charlm", "lmrecipe", "augreg"}
     assert load_task("hartmann6/17").ref == "hartmann6/17"
     assert load_task("branin").ref == "branin/0"
     assert load_task("charlm").ref == load_task("charlm/0").ref == "charlm"
-    for ref in ("ackley/3", "charlm", "sleep/run-1"):
+    for ref in ("ackley/3", "charlm", "charlm/5", "sleep/run-1", "lmrecipe/1001", "augreg/7"):
         assert load_task(load_task(ref).ref).ref == ref
 
 
 def test_bad_instances_are_rejected() -> None:
-    """A single-instance task refuses other instances; families want integers; ids are ref tokens."""
-    for ref in ("charlm/1", "branin/x", "branin/-1", "sleep/a b"):
+    """Families (charlm too) want non-negative integer instances; ids are ref tokens."""
+    for ref in ("charlm/x", "branin/x", "branin/-1", "sleep/a b"):
         with pytest.raises(ValueError):
             load_task(ref)
 
@@ -264,3 +264,131 @@ def test_charlm_bad_recipe_is_a_validation_error() -> None:
     ):
         with pytest.raises(ValidationError, match=field):
             task.validate_recipe(bad)
+
+
+# --- optimum and true objective ---------------------------------------------------------------
+
+OPTIMUM_FAMILIES = [*FAMILIES, "lmrecipe", "augreg"]
+
+
+@pytest.mark.parametrize("family", OPTIMUM_FAMILIES)
+def test_no_recipe_beats_the_optimum(family: str) -> None:
+    """Over many sampled and mutated recipes on several instances, none has a true objective below
+    optimum(); the optimum recipe reaches it; the baseline is strictly worse."""
+    rng = random.Random(11)
+    for index in (0, 3, 1000):
+        task = load_task(f"{family}/{index}")
+        optimum = task.optimum()
+        assert optimum is not None and math.isfinite(optimum)
+        best = task.optimum_recipe()  # type: ignore[attr-defined]
+        assert task.true_objective(best) == pytest.approx(optimum, abs=1e-9)
+        base = task.true_objective(task.baseline())
+        assert base is not None and base > optimum
+        recipe = best
+        for _ in range(1500):
+            sampled, recipe = task.sample(rng), task.mutate(recipe, rng, scale=0.02)
+            for r in (sampled, recipe):
+                value = task.true_objective(r)
+                assert value is not None and value >= optimum - 1e-9
+
+
+@pytest.mark.parametrize("family", OPTIMUM_FAMILIES)
+def test_true_objective_is_the_noise_free_run(family: str) -> None:
+    """The mean of many noisy evaluations converges on true_objective (noise is zero-mean, small)."""
+    task = load_task(f"{family}/2")
+    recipe = task.sample(random.Random(3))
+    observed = task.objective(task.run(recipe, seed=0, budget=1000))
+    true = task.true_objective(recipe)
+    assert true is not None
+    base_gap = task.true_objective(task.baseline()) - task.optimum()  # type: ignore[operator]
+    assert abs(observed - true) < 0.01 * base_gap
+
+
+def test_tasks_without_truth_say_none() -> None:
+    """A task that cannot know its optimum (charlm, sleep) reports None rather than a guess."""
+    for ref in ("charlm", "sleep/0"):
+        task = load_task(ref)
+        assert task.optimum() is None and task.true_objective(task.baseline()) is None
+
+
+def test_lmrecipe_best_lr_moves_with_width_and_batch() -> None:
+    """lmrecipe's best lr scales ~1/width and ~sqrt(batch), and the loss agrees: at double width,
+    half the lr beats the old best lr."""
+    task = load_task("lmrecipe/5")
+    assert task.best_log_lr(512, 64) == pytest.approx(task.best_log_lr(256, 64) - math.log(2))  # type: ignore[attr-defined]
+    assert task.best_log_lr(256, 256) == pytest.approx(task.best_log_lr(256, 64) + math.log(2))  # type: ignore[attr-defined]
+    base = task.optimum_recipe()  # type: ignore[attr-defined]
+    wide = base.model_copy(update={"width": base.width * 2})
+    assert task.true_objective(wide.model_copy(update={"lr": base.lr / 2})) < task.true_objective(wide)
+
+
+def test_lmrecipe_deep_nets_need_warmup() -> None:
+    """Without warm-up, the loss penalty grows with depth; with the needed warm-up it vanishes."""
+    task = load_task("lmrecipe/1")
+    best = task.optimum_recipe()  # type: ignore[attr-defined]
+
+    def penalty(depth: int, warmup: float) -> float:
+        recipe = best.model_copy(update={"depth": depth, "warmup_frac": warmup})
+        needed = best.model_copy(update={"depth": depth, "warmup_frac": task.warmup_needed(depth)})  # type: ignore[attr-defined]
+        return task.true_objective(recipe) - task.true_objective(needed)  # type: ignore[operator]
+
+    assert 0 < penalty(4, 0.0) < penalty(12, 0.0) < penalty(36, 0.0)
+    assert task.warmup_needed(36) > task.warmup_needed(4)  # type: ignore[attr-defined]
+
+
+def test_instances_share_structure_but_differ() -> None:
+    """Instances of the surrogate families have different optima and optimum recipes, deterministically."""
+    for family in ("lmrecipe", "augreg"):
+        a, b = load_task(f"{family}/1"), load_task(f"{family}/2")
+        assert a.optimum() != b.optimum()
+        assert a.optimum_recipe() != b.optimum_recipe()  # type: ignore[attr-defined]
+        assert load_task(f"{family}/1").optimum() == a.optimum()
+
+
+def test_augreg_optimal_regularisation_falls_with_dataset_size() -> None:
+    """Across augreg instances, bigger datasets want less dropout and weight decay, fewer epochs."""
+    tasks = sorted((load_task(f"augreg/{i}") for i in range(40)), key=lambda t: t.dataset_size)  # type: ignore[attr-defined]
+    small, large = tasks[:10], tasks[-10:]
+    for attr in ("best_dropout", "best_log_wd", "best_log_epochs", "best_strength"):
+        assert max(getattr(t, attr) for t in large) < min(getattr(t, attr) for t in small), attr
+
+
+def test_surrogate_runs_are_cheap() -> None:
+    """A surrogate run costs microseconds (well under 1 ms), so studies of hundreds of trials are instant."""
+    import time
+
+    for ref in ("lmrecipe/3", "augreg/3"):
+        task = load_task(ref)
+        recipe = task.baseline()
+        start = time.perf_counter()
+        for seed in range(500):
+            task.run(recipe, seed, 1)
+        assert (time.perf_counter() - start) / 500 < 1e-3
+
+
+# --- charlm instances ---------------------------------------------------------------------------
+
+
+def test_charlm_instances_change_the_architecture() -> None:
+    """charlm/0 is the bare charlm (same recipe, same model); other indices scale width/depth/context."""
+    assert load_task("charlm/0").ref == "charlm"
+    default = load_task("charlm")
+    recipe = default.validate_recipe({"n_layer": 1, "n_embd": 32, "block_size": 16})
+    assert default.architecture(recipe) == recipe  # type: ignore[attr-defined]
+    variants = {load_task(f"charlm/{i}").architecture(recipe) for i in range(1, 12)}  # type: ignore[attr-defined]
+    assert len(variants) >= 3
+    widths = {v.n_embd for v in variants}
+    assert min(widths) < 32 < max(widths)
+
+
+def test_charlm_variant_trains_a_different_model() -> None:
+    """A charlm variant with another width trains a model with another parameter count."""
+    variant = next(
+        load_task(f"charlm/{i}")
+        for i in range(1, 50)
+        if load_task(f"charlm/{i}").width_mult != 1.0  # type: ignore[attr-defined]
+    )
+    recipe = variant.validate_recipe({"n_layer": 1, "n_embd": 32, "block_size": 16, "batch_size": 4})
+    a = variant.run(recipe, seed=0, budget=512)
+    b = load_task("charlm").run(recipe, seed=0, budget=512)
+    assert a["params"] != b["params"] and math.isfinite(a["val_bpb"])

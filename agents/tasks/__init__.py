@@ -1,4 +1,5 @@
-"""Built-in tasks: synthetic families (branin, hartmann6, rosenbrock, ackley), sleep and charlm.
+"""Built-in tasks: synthetic families (branin, hartmann6, rosenbrock, ackley), the surrogate
+families (lmrecipe, augreg), sleep and charlm.
 
 Modules are imported lazily by :func:`agents._task.load_task`; importing this package does not
 import torch.

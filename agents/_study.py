@@ -74,7 +74,15 @@ def _run(task: Task, recipe: BaseModel, seed: int) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_study(task: Task, propose: ProposeFn, *, trials: int, seed: int, baselines: int = 3) -> StudyResult:
+def run_study(
+    task: Task,
+    propose: ProposeFn,
+    *,
+    trials: int,
+    seed: int,
+    baselines: int = 3,
+    stop_at_regret: float | None = None,
+) -> StudyResult:
     """Run ``baselines`` baseline replicates (seeds 0..baselines-1), then ``trials`` proposals.
 
     Each proposal comes from ``propose(history, rng)`` with the instance's history so far and a
@@ -82,7 +90,9 @@ def run_study(task: Task, propose: ProposeFn, *, trials: int, seed: int, baselin
     study's seed, so replicated studies differ only by ``seed``). A recipe the instance already
     ran is refused: the proposer is asked again, up to :data:`MAX_REPEATS` times, then a prior
     sample stands in (named ``prior``). Deterministic given ``(task, propose, trials, seed)``
-    when ``propose`` is.
+    when ``propose`` is. ``stop_at_regret`` (optional, for tasks that know their optimum) ends the
+    study at the first trial whose true objective has a normalised regret at or below it (a
+    benchmark counting trials to a target need not run the rest).
     """
     rng = random.Random(f"study|{task.ref}|{seed}")
     base = task.baseline()
@@ -118,6 +128,13 @@ def run_study(task: Task, propose: ProposeFn, *, trials: int, seed: int, baselin
         result.objectives.append(observed)
         result.true_objectives.append(task.true_objective(recipe))
         result.recipes.append(recipe.model_dump())
+        true = result.true_objectives[-1]
+        if (
+            stop_at_regret is not None
+            and true is not None
+            and normalized_regret(task, true) <= stop_at_regret
+        ):
+            break
     return result
 
 

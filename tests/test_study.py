@@ -118,3 +118,17 @@ def test_prior_search_reaches_target_on_an_easy_instance() -> None:
     result = run_study(task, lambda h, r: (PriorProposer().propose(h, r), "prior"), trials=200, seed=0)
     found = trials_to_target(result, task, target=0.25)
     assert found is not None and 1 <= found <= 200
+
+
+def test_study_stops_at_the_target_when_asked() -> None:
+    """With stop_at_regret, a study ends at the trial that reaches the target (same prefix as a full one)."""
+    task = load_task("branin/4")
+
+    def prior(h: History, r: random.Random) -> tuple[BaseModel, str]:
+        return PriorProposer().propose(h, r), "prior"
+
+    full = run_study(task, prior, trials=200, seed=0)
+    found = trials_to_target(full, task, target=0.25)
+    assert found is not None
+    short = run_study(task, prior, trials=200, seed=0, stop_at_regret=0.25)
+    assert len(short.recipes) == found and short.recipes == full.recipes[:found]

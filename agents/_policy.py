@@ -8,29 +8,33 @@ put back in the KV, whatever it sees first. The weights and metadata must match 
 announced size and sha256, and the weights must parse as safetensors (nothing is unpickled).
 Any failure is logged with its reason and the agent keeps the model it had.
 
-A model's ``meta.json`` names its backend: absent or ``byte``, the byte-level policy; ``hf``, a LoRA
-adapter on a local causal LM, which needs the same base model on this machine (``--hf-model`` on
-``hive agent run`` or env ``HIVE_HF_MODEL``) and the ``hf`` extra; without them, or with a base of
-another fingerprint, the model is refused.
+A model's ``meta.json`` names its backend (absent: ``byte``); the backend's loader is the
+``hive.policies`` entry point of that name (``agents.policy_loaders``: ``distill`` registers its
+own), so ``agents`` never imports ``distill``. A loader returns a :class:`~agents.Proposer` named
+``model-v<version>``; the slot holds the newest, and researchers keep every version they saw as an
+arm of their portfolio. An ``hf`` backend finds its local base model through ``HIVE_HF_MODEL``
+(``--hf-model`` on ``hive agent run`` sets it). Without a loader for the backend, or with one
+that refuses the bytes, the model is refused and the agent keeps the one it had.
+
+:func:`wait_for_model` is ``--require-model``: an agent that must start on the current model
+waits (logging while it waits, up to a timeout) before its first proposal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 import structlog
-from pydantic import BaseModel
 
 import streams
 
 from ._backoff import retry_transient
+from ._proposer import Proposer, policy_loaders
 from ._runtime import ModelSlot
-from ._task import Task
 
 log = structlog.get_logger("agents.policy")
 POLICY_NAME = "policy"
@@ -38,91 +42,62 @@ HF_MODEL_ENV = "HIVE_HF_MODEL"
 """Where an agent finds the local base model of an ``hf`` policy (unless given explicitly)."""
 
 
-class PolicyAdapter:
-    """Proposes recipes with a loaded distilled model, rendering prompts as the trainer does."""
-
-    def __init__(self, model: Any, version: int, meta: dict[str, Any]) -> None:
-        self.model = model
-        self.version = version
-        self.meta = meta
-        self.proposals = 0
-        self.first_try_valid = 0
-
-    def propose(
-        self,
-        task: Task,
-        parent: dict[str, Any] | None,
-        parent_objective: float | None,
-        guidance: list[str],
-        rng: random.Random,
-        temperature: float = 1.0,
-    ) -> BaseModel:
-        """A schema-valid recipe for ``task`` (constrained decoding, validation, resampling).
-
-        ``temperature`` 1.0 samples the policy as trained (what researchers and deployers do);
-        lower values concentrate on its mode."""
-        import torch
-
-        from distill import _hf, propose, render_prompt
-
-        prompt = render_prompt(task.ref, parent, parent_objective, guidance)
-        gen = torch.Generator().manual_seed(rng.randrange(2**31 - 1))
-        propose_fn: Any = _hf.propose if isinstance(self.model, _hf.HFPolicy) else propose
-        recipe, stats = propose_fn(self.model, prompt, task.space, generator=gen, temperature=temperature)
-        self.proposals += 1
-        self.first_try_valid += int(getattr(stats, "first_try_valid", True))
-        return recipe
+class ModelRequired(RuntimeError):
+    """``--require-model``: no model was published within the agent's wait."""
 
 
-def load_policy(weights: bytes, meta: bytes, version: int, hf_model: str | None = None) -> PolicyAdapter:
-    """Build a policy from verified bytes (safetensors only; raises ValueError on anything else).
-
-    The backend comes from ``meta`` (absent: the byte policy). An ``hf`` adapter is loaded on the
-    base model in ``hf_model`` (default: env ``HIVE_HF_MODEL``), which must have the fingerprint
-    recorded in ``meta``.
-    """
-    info = orjson.loads(meta) if meta else {}
+def load_policy(weights: bytes, meta: bytes | Mapping[str, Any], version: int) -> Proposer:
+    """A proposer from verified bytes, built by the loader its ``meta["backend"]`` names
+    (default ``byte``); ``ValueError`` on an unknown backend or anything the loader refuses."""
+    if isinstance(meta, bytes | bytearray):
+        try:
+            info = orjson.loads(meta) if meta else {}
+        except orjson.JSONDecodeError as e:
+            raise ValueError(f"model v{version}: meta is not JSON: {e}") from None
+    else:
+        info = dict(meta)
     if not isinstance(info, dict):
         raise ValueError("model meta is not a JSON object")
-    backend = info.get("backend", "byte")
-    if backend == "hf":
-        return PolicyAdapter(_load_hf(weights, info, version, hf_model), version, info)
-    if backend != "byte":
-        raise ValueError(f"model v{version} has an unknown backend {backend!r} (this agent knows byte, hf)")
-    from distill import Policy
-
-    try:
-        model = Policy.from_bytes(weights)
-    except Exception as e:  # safetensors refuses pickles, truncation, garbage
-        raise ValueError(f"weights are not a valid safetensors policy: {type(e).__name__}: {e}") from None
-    model.eval()
-    return PolicyAdapter(model, version, info)
-
-
-def _load_hf(weights: bytes, info: dict[str, Any], version: int, hf_model: str | None) -> Any:
-    """An hf adapter on this machine's copy of its base model, or ``ValueError`` saying what is missing."""
-    from distill import _hf
-
-    base = hf_model or os.environ.get(HF_MODEL_ENV)
-    wanted = f"{info.get('base_model')!r} ({str(info.get('base_fingerprint'))[:23]}…)"
-    if not base:
+    backend = str(info.get("backend", "byte"))
+    loaders = policy_loaders()
+    loader = loaders.get(backend)
+    if loader is None:
+        known = ", ".join(sorted(loaders)) or "none"
         raise ValueError(
-            f"model v{version} is an hf adapter on base {wanted}: give this agent that base model "
-            f"(--hf-model PATH or {HF_MODEL_ENV})"
+            f"model v{version} has backend {backend!r}, which no installed loader provides ({known})"
         )
     try:
-        _hf.require_extra()
-    except _hf.MissingExtra as e:
-        raise ValueError(f"model v{version}: {e}") from None
-    fingerprint = info.get("base_fingerprint")
-    if not isinstance(fingerprint, str):
-        raise ValueError(f"model v{version} is an hf adapter whose meta has no base_fingerprint")
-    try:
-        return _hf.HFPolicy.from_bytes(base, weights, fingerprint=fingerprint)
-    except ValueError as e:  # BaseModelError included: missing base, another base
-        raise ValueError(f"model v{version} refused: {e}") from None
-    except Exception as e:  # safetensors / peft on a corrupt adapter
-        raise ValueError(f"model v{version}: not a valid adapter: {type(e).__name__}: {e}") from None
+        proposer = loader(weights, info, version)
+    except ValueError:
+        raise
+    except Exception as e:  # a loader must refuse with ValueError; anything else is refused too
+        raise ValueError(f"model v{version} ({backend}): {type(e).__name__}: {e}") from None
+    if not isinstance(proposer, Proposer):
+        raise ValueError(
+            f"model v{version}: the {backend!r} loader returned {type(proposer).__name__}, not a Proposer"
+        )
+    return proposer
+
+
+async def wait_for_model(agent: Any, timeout_s: float, every_s: float = 5.0) -> int:
+    """Wait until ``agent`` has a model loaded (its slot's version > 0); returns the version.
+
+    Logs ``waiting_for_model`` every ``every_s`` seconds; raises :class:`ModelRequired` after
+    ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    t0 = last = loop.time()
+    agent.log.info("waiting_for_model", timeout_s=timeout_s)
+    while agent.model_version <= 0 or agent.policy is None:
+        now = loop.time()
+        if now - t0 >= timeout_s:
+            raise ModelRequired(f"no model was published within {timeout_s:g}s (--require-model)")
+        if now - last >= every_s:
+            agent.log.info("waiting_for_model", waited_s=round(now - t0, 1), timeout_s=timeout_s)
+            last = now
+        agent.state = "waiting for the first model"
+        await asyncio.sleep(0.1)
+    agent.log.info("model_ready", version=agent.model_version, waited_s=round(loop.time() - t0, 2))
+    return int(agent.model_version)
 
 
 def make_model_watcher(
@@ -130,7 +105,10 @@ def make_model_watcher(
 ) -> Callable[[Any, ModelSlot], Awaitable[None]]:
     """A coroutine factory for :class:`agents.AgentRuntime`: keeps ``slot`` on the newest good model.
 
-    ``hf_model``: the local base model for ``hf`` policies (default: env ``HIVE_HF_MODEL``)."""
+    ``hf_model``: the local base model for ``hf`` policies (exported as ``HIVE_HF_MODEL`` for the
+    ``hf`` loader; default: that variable as it is)."""
+    if hf_model:
+        os.environ[HF_MODEL_ENV] = hf_model
 
     async def watch(js: Any, slot: ModelSlot) -> None:
         if not pubkey:
@@ -191,7 +169,8 @@ async def consider(
 ) -> bool:
     """Verify a pointer and, if every check passes, swap the slot to its model. Returns success.
 
-    ``hf_model``: as in :func:`load_policy`."""
+    ``hf_model``: unused (the ``hf`` loader reads ``HIVE_HF_MODEL``; kept for callers)."""
+    del hf_model
     if signed is None:
         log.warning("model_refused", reason="pointer is not valid JSON")
         return False
@@ -199,12 +178,15 @@ async def consider(
         pointer = streams.accept_pointer(signed, key, slot.serial)
         weights = await store.fetch(pointer.weights, size=pointer.weights_size, sha256=pointer.weights_sha256)
         meta = await store.fetch(pointer.meta, size=pointer.meta_size, sha256=pointer.meta_sha256)
-        policy = await asyncio.to_thread(load_policy, weights, meta, pointer.version, hf_model)
-    except (streams.ArtifactError, ValueError) as e:
+        info = orjson.loads(meta) if meta else {}
+        if not isinstance(info, dict):
+            raise ValueError("model meta is not a JSON object")
+        policy = await asyncio.to_thread(load_policy, weights, info, pointer.version)
+    except (streams.ArtifactError, ValueError, orjson.JSONDecodeError) as e:
         log.warning("model_refused", reason=str(e), kept_version=slot.version)
         return False
     # one assignment each, between experiments: a step reads the slot once when it proposes
-    slot.policy, slot.version, slot.serial, slot.meta = policy, pointer.version, pointer.serial, policy.meta
+    slot.policy, slot.version, slot.serial, slot.meta = policy, pointer.version, pointer.serial, info
     slot.signature = signed.signature
     log.info("model_loaded", version=pointer.version, serial=pointer.serial, size=pointer.weights_size)
     return True

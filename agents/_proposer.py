@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -76,21 +76,25 @@ class History:
 
     ``trials`` are the instance's finished runs in log order (baseline replicates excluded),
     ``baselines`` the objectives of its replicated baseline runs, ``guidance`` the hints the
-    analysts published for it.
+    analysts published for it. ``finished``: keys (:func:`recipe_key`) of every recipe finished
+    on the instance, when ``trials`` holds only some of them (a read model keeps the best and the
+    latest): :meth:`seen` checks both.
     """
 
     task: Task
     trials: tuple[Trial, ...] = ()
     baselines: tuple[float, ...] = ()
     guidance: tuple[str, ...] = field(default=())
+    finished: Set[str] = field(default=frozenset())
 
     @cached_property
     def _keys(self) -> frozenset[str]:
         return frozenset(recipe_key(t.recipe) for t in self.trials)
 
     def seen(self, recipe: Mapping[str, Any] | BaseModel) -> bool:
-        """Whether this exact recipe already ran on the instance."""
-        return recipe_key(recipe) in self._keys
+        """Whether this exact recipe already finished on the instance."""
+        key = recipe_key(recipe)
+        return key in self._keys or key in self.finished
 
     @property
     def best(self) -> Trial | None:

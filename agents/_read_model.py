@@ -1,22 +1,38 @@
 """A small local read model of the swarm, folded from the trace log by a pure function.
 
 Every agent process keeps one :class:`SwarmView`: best recipe per task instance, replicated
-baseline objectives (the noise floor), counts, and the latest guidance. It is rebuilt from the
-log at start and kept current by the runtime; it never touches the network itself.
+baseline objectives (the noise floor), counts, the latest guidance, each instance's trials in
+order (bounded: the best :data:`KEEP_BEST` and the latest :data:`KEEP_LATEST`, plus the keys of
+up to :data:`MAX_FINISHED_KEYS` finished recipes, so no proposer re-runs one), and the hive's
+per-family proposer statistics (:class:`agents.ArmStats`: which proposer improved incumbents).
+It is rebuilt from the log at start and kept current by the runtime; it never touches the
+network itself.
 """
 
 from __future__ import annotations
 
+import heapq
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams import DeploymentFinished, Event, ExperimentFinished, GuidancePublished
 
+from ._portfolio import ArmStats
+from ._proposer import History, Trial, recipe_key
+from ._task import Task
+
 NOISE_SIGMAS = 2.0
 """An improvement counts as a success when it exceeds this many baseline standard deviations."""
 MIN_REPLICATES = 3
 """Replicated baseline runs needed before a task's noise floor is known."""
+KEEP_BEST = 64
+"""Best trials kept per instance for proposing (with the latest :data:`KEEP_LATEST`)."""
+KEEP_LATEST = 256
+"""Latest trials kept per instance for proposing."""
+MAX_FINISHED_KEYS = 50_000
+"""Finished recipe keys remembered per instance (the no-re-run check); beyond it, the oldest go."""
 
 
 @dataclass
@@ -32,6 +48,45 @@ class TaskView:
     failures: int = 0
     successes: int = 0
     guidance: list[GuidancePublished] = field(default_factory=list)
+    latest: deque[tuple[int, Trial]] = field(default_factory=lambda: deque(maxlen=KEEP_LATEST))
+    """The latest finished trials (baselines excluded) with their order on the instance."""
+    best: list[tuple[float, int, Trial]] = field(default_factory=list)
+    """The best ok trials, a heap whose root is the worst kept: ``(-objective, order, trial)``."""
+    finished: dict[str, None] = field(default_factory=dict)
+    """Keys of the finished recipes (insertion-ordered; the oldest dropped past the cap)."""
+
+    def add_trial(self, trial: Trial) -> None:
+        """Keep a finished trial (bounded: best and latest), and remember its recipe."""
+        order = self.experiments
+        self.latest.append((order, trial))
+        if trial.ok and trial.objective is not None:
+            item = (-trial.objective, order, trial)
+            if len(self.best) < KEEP_BEST:
+                heapq.heappush(self.best, item)
+            elif item[:2] > self.best[0][:2]:
+                heapq.heapreplace(self.best, item)
+        self.finished[recipe_key(trial.recipe)] = None
+        if len(self.finished) > MAX_FINISHED_KEYS:
+            del self.finished[next(iter(self.finished))]
+
+    def history(self, task: Task) -> History:
+        """The instance's :class:`History`: kept trials in log order, baselines, guidance hints."""
+        kept = dict(self.latest)
+        for _, order, t in self.best:
+            kept.setdefault(order, t)
+        trials = tuple(kept[s] for s in sorted(kept))
+        return History(
+            task=task,
+            trials=trials,
+            baselines=tuple(self.baselines[s] for s in sorted(self.baselines)),
+            guidance=tuple(g.hint for g in self.guidance if g.hint),
+            finished=self.finished.keys(),
+        )
+
+    @property
+    def incumbent(self) -> float | None:
+        """The best objective known on the instance (trials and baselines)."""
+        return self.best_objective
 
     @property
     def noise_floor(self) -> float | None:
@@ -52,6 +107,8 @@ class SwarmView:
 
     tasks: dict[str, TaskView] = field(default_factory=dict)
     last_seq: int = 0
+    proposers: ArmStats = field(default_factory=ArmStats)
+    """Per family and proposer: how often a trial improved its instance's incumbent."""
 
     def task(self, ref: str) -> TaskView:
         """The view of one task instance (empty if nothing is known yet)."""
@@ -64,6 +121,16 @@ class SwarmView:
         if isinstance(event, ExperimentFinished):
             tv = self.task(event.task)
             tv.experiments += 1
+            if event.proposer != "baseline":
+                before = tv.best_objective
+                ok = event.status == "ok" and event.objective is not None
+                tv.add_trial(
+                    Trial(event.recipe, event.objective if ok else None, event.status, event.proposer, seq)
+                )
+                improved = (
+                    ok and before is not None and event.objective is not None and event.objective < before
+                )
+                self.proposers.record(event.task.split("/", 1)[0], event.proposer, improved)
             if event.status != "ok" or event.objective is None:
                 tv.failures += 1
                 return

@@ -37,7 +37,41 @@ def agent_list() -> None:
 @click.option(
     "--count", default=1, show_default=True, type=click.IntRange(1, 1024), help="Agents in this process."
 )
-@click.option("--task", default=None, help="Task instance, e.g. hartmann6/0, charlm, pkg.mod:MyTask/3.")
+@click.option(
+    "--task",
+    default=None,
+    help="Task instance or campaign: hartmann6/0, hartmann6/0-31, hartmann6/0,hartmann6/3-5, charlm, "
+    "pkg.mod:MyTask/3.",
+)
+@click.option(
+    "--instance-budget",
+    default=None,
+    type=click.IntRange(1),
+    envvar="HIVE_INSTANCE_BUDGET",
+    help="Experiments per instance of a campaign (default 200 for several instances, unlimited for "
+    "one; env HIVE_INSTANCE_BUDGET).",
+)
+@click.option(
+    "--deploy-instances",
+    default=None,
+    envvar="HIVE_DEPLOY_INSTANCES",
+    help="Deployers: the range of new instances to take, each once, e.g. 1000-1999 "
+    "(env HIVE_DEPLOY_INSTANCES).",
+)
+@click.option(
+    "--require-model",
+    is_flag=True,
+    envvar="HIVE_REQUIRE_MODEL",
+    help="Wait for the first published model before proposing (env HIVE_REQUIRE_MODEL=1).",
+)
+@click.option(
+    "--model-wait",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    envvar="HIVE_MODEL_WAIT",
+    help="With --require-model: seconds to wait for a model before the agent stops with an error.",
+)
 @click.option(
     "--id",
     "agent_id",
@@ -76,16 +110,26 @@ def agent_run(
     use_model: bool,
     pubkey: str | None,
     hf_model: str | None,
+    instance_budget: int | None,
+    deploy_instances: str | None,
+    require_model: bool,
+    model_wait: float,
 ) -> None:
     """Run COUNT agents of AGENT_TYPE (a name from `hive agent list` or module:Class) until Ctrl-C."""
-    from agents import AgentRuntime, load_agent_type, load_task
+    from agents import AgentRuntime, load_agent_type, parse_campaign, parse_instances
 
     try:
         cls = load_agent_type(agent_type)
         if task is not None:
-            load_task(task)
+            parse_campaign(task)
+        if deploy_instances is not None:
+            parse_instances(deploy_instances)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    if require_model and not use_model:
+        raise click.BadParameter(
+            "--require-model needs the model (not --no-model)", param_hint="--require-model"
+        )
     base = agent_id or f"{cls.type_name}-{socket.gethostname()[:20]}-{os.getpid()}"
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
     ids = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
@@ -117,7 +161,17 @@ def agent_run(
 
     asyncio.run(
         until_signal(
-            lambda: runtime.run(specs, duration_s=duration, options={"budget": budget}),
+            lambda: runtime.run(
+                specs,
+                duration_s=duration,
+                options={
+                    "budget": budget,
+                    "instance_budget": instance_budget,
+                    "deploy_instances": deploy_instances,
+                    "require_model": require_model,
+                    "model_wait_s": model_wait,
+                },
+            ),
             runtime.stop,
             started=connected,
         )

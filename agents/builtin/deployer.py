@@ -14,9 +14,12 @@ from pydantic import BaseModel
 from streams import DeploymentFinished
 
 from .._agent import Agent
+from .._campaign import Campaign, parse_campaign, parse_instances
+from .._policy import wait_for_model
+from .._proposer import History, Proposer
 from .._read_model import NOISE_SIGMAS
 from .._task import Task, TaskFailed, load_task
-from .researcher import DEFAULT_TASK
+from .researcher import DEFAULT_MODEL_WAIT_S, DEFAULT_TASK
 
 NEW_INSTANCE_BASE = 100_000
 """Deployments use instance indices from here on: never seen by researchers (held out)."""
@@ -34,10 +37,17 @@ class Deployer(Agent):
     """Active agent: take a new task instance, propose one recipe for it, and measure it against
     what the swarm would deploy without the proposal.
 
+    New instances come from ``deploy_instances`` (``--deploy-instances 1000-1999``): each is
+    taken once, by one deployer, through the campaign bucket (namespace ``deploy``, budget 1), and
+    one that researchers have run on is skipped; without the option, each deployer walks its own
+    block from :data:`NEW_INSTANCE_BASE`. ``require_model`` / ``model_wait_s``: wait for the
+    first model before deploying.
+
     The reference is the family's *incumbent*: the best-known recipe of the researched instance
     with the largest gain over its baseline (in noise-floor units); while none is known, the
-    task's baseline. The proposal comes from the shared model when one is loaded (sampled at
-    :attr:`temperature`), else from a mutation of the reference (the researchers' heuristic).
+    task's baseline. The proposal comes from the newest loaded model (a proposer given the new
+    instance's empty history; ``proposer`` is its name, ``model-v<N>``), else from a mutation of
+    the reference (the researchers' heuristic).
     Proposal and reference run on the same instance with the same seed; ``success`` means the
     proposal beat the reference by more than the family's noise floor. Successful deployments are
     training data for the next model, so each generation learns what beats the incumbent on
@@ -45,21 +55,44 @@ class Deployer(Agent):
     """
 
     type_name: ClassVar[str] = "deployer"
-    temperature: ClassVar[float] = 1.0
-    """Sampling temperature of model proposals: 1.0 samples the policy as trained (what ReST-EM
-    filters); lower values concentrate on its mode, which measured worse against the incumbent."""
 
     async def setup(self) -> None:
-        """Resolve the task family from ``--task``."""
-        ref = self.task_ref or DEFAULT_TASK
-        self.family = ref.split("/", 1)[0]
+        """Resolve the task family from ``--task`` (an instance or a campaign) and the range."""
+        ref = parse_campaign(self.task_ref or DEFAULT_TASK)[0]
         self.template = load_task(ref)
+        self.family = self.template.ref.rsplit("/", 1)[0] if not self.template.single_instance else ref
         self.rng = random.Random(zlib.crc32(f"{self.agent_id}/{self.ctx.token}".encode()))
         self.runs = 0
         self.offset = zlib.crc32(self.agent_id.encode()) % 10_000 * 1000
+        opts = self.ctx.options
+        self.require_model = bool(opts.get("require_model"))
+        self.model_wait_s = float(opts.get("model_wait_s") or DEFAULT_MODEL_WAIT_S)
+        self.instances: Campaign | None = None
+        spec = opts.get("deploy_instances")
+        if spec and not self.template.single_instance:
+            refs = [f"{self.family}/{i}" for i in parse_instances(str(spec))]
+            start = zlib.crc32(self.agent_id.encode()) % len(refs)
+            self.instances = await Campaign(
+                self.ctx.js, refs, 1, namespace="deploy", start=start, backoff=self.backoff
+            ).open()
+
+    async def next_instance(self) -> Task | None:
+        """The next held-out instance: taken once from the range (skipping researched ones), or
+        this deployer's next own one; None when the range is used up."""
+        if self.template.single_instance:
+            return self.template
+        if self.instances is None:
+            return load_task(f"{self.family}/{NEW_INSTANCE_BASE + self.offset + self.runs}")
+        while True:
+            ref = await self.instances.next_instance()
+            if ref is None:
+                return None
+            tv = self.view.tasks.get(ref)
+            if tv is None or tv.experiments == 0:
+                return load_task(ref)
 
     def new_instance(self) -> Task:
-        """The next held-out instance of the family (the task itself for single-instance tasks)."""
+        """This deployer's next own held-out instance (no range given)."""
         if getattr(self.template, "single_instance", False):
             return self.template
         return load_task(f"{self.family}/{NEW_INSTANCE_BASE + self.offset + self.runs}")
@@ -84,9 +117,15 @@ class Deployer(Agent):
         reference is the incumbent's recipe, or the task's baseline while there is none."""
         known = self.incumbent()
         reference = task.validate_recipe(known.recipe) if known is not None else task.baseline()
-        if self.policy is not None:
-            recipe = self.policy.propose(task, None, None, [], self.rng, temperature=self.temperature)
-            return recipe, "model", reference, known
+        policy = self.policy
+        if isinstance(policy, Proposer):
+            try:
+                recipe = task.validate_recipe(policy.propose(History(task), self.rng))
+                return recipe, policy.name, reference, known
+            except Exception as e:  # unavailable for this task, or a bug: the heuristic deploys
+                self.log.warning(
+                    "model_propose_failed", proposer=policy.name, error=f"{type(e).__name__}: {e}"
+                )
         return task.mutate(reference, self.rng), "mutation", reference, known
 
     def family_noise(self) -> float | None:
@@ -99,9 +138,14 @@ class Deployer(Agent):
         return statistics.median(floors) if floors else None
 
     async def step(self) -> bool:
-        """Deploy once on a new instance."""
+        """Deploy once on a new instance; False when the instance range is used up."""
+        if self.require_model and self.model_version <= 0:
+            await wait_for_model(self, self.model_wait_s)
         self.runs += 1
-        task = self.new_instance()
+        task = await self.next_instance()
+        if task is None:
+            self.log.info("deploy_range_done", family=self.family)
+            return False
         recipe, proposer, reference, known = await self.in_thread(self.plan, task)
         kind = "incumbent" if known is not None else "baseline"
         seed = self.rng.randrange(2**31 - 1)

@@ -1,5 +1,5 @@
-"""The autoresearch loop: read the best recipe for the task instance, propose a change, run
-it on a fixed budget, publish the trace with success judged against the noise floor."""
+"""The autoresearch loop over a campaign: take an instance's budget, propose from the portfolio,
+run it on a fixed budget, publish the trace with who proposed it and why."""
 
 from __future__ import annotations
 
@@ -14,114 +14,165 @@ from pydantic import BaseModel
 from streams import ExperimentFinished, ExperimentStarted
 
 from .._agent import Agent
+from .._campaign import DEFAULT_INSTANCE_BUDGET, Campaign, parse_campaign
 from .._claims import Claims
 from .._guidance import merged_avoid, violates
+from .._policy import wait_for_model
+from .._portfolio import Portfolio
+from .._proposer import MutationProposer, PriorProposer, Proposer
 from .._read_model import MIN_REPLICATES
 from .._task import Task, TaskFailed, load_task
+from .._tpe import TPEProposer
 
 DEFAULT_TASK = "hartmann6/0"
+MAX_MODEL_ARMS = 4
+"""Model versions kept as arms at once (the newest ones)."""
+DEFAULT_MODEL_WAIT_S = 600.0
+"""How long ``--require-model`` waits for the first model before the agent gives up."""
 
 
 class Researcher(Agent):
-    """Active agent: baseline replicates first (the noise floor), then propose → run → publish.
+    """Active agent working a campaign (``--task hartmann6/0-31``, a list, or one instance).
 
-    Proposals come from the shared model once one is loaded (``proposer="model"``), else from
-    a mutation of the current best (``"mutation"``) with some fresh samples (``"prior"``), and
-    never from a region the task's guidance says to avoid.
+    Before each experiment it takes one unit of the current instance's budget
+    (``instance_budget``; unlimited for a single instance unless given) and moves to the next
+    instance with budget left when it is spent; when the whole campaign is spent it stops. On each
+    instance it runs the baseline replicates first (the noise floor), then asks its
+    :class:`~agents.Portfolio` (mutation, prior, TPE and every loaded model version, Thompson
+    sampling on the hive's measured improvement per proposer and family, with an exploration
+    floor) for a recipe that the instance's history has not seen and the guidance does not rule
+    out. The trace records the arm (``proposer``) and why it was chosen (``proposer_reason``).
+
+    Options (``ctx.options``): ``instance_budget``, ``floor``, ``require_model`` (wait for the
+    first model before proposing) and ``model_wait_s`` (how long).
     """
 
     type_name: ClassVar[str] = "researcher"
-    explore: ClassVar[float] = 0.2
-    """Probability of a fresh sample instead of a mutation when no model is loaded."""
 
     task: Task
     claims: Claims
+    campaign: Campaign
+
+    def arms(self) -> list[Proposer]:
+        """The proposers every instance starts with (models are added as they load)."""
+        return [MutationProposer(), PriorProposer(), TPEProposer()]
+
+    use_models: ClassVar[bool] = True
+    """Whether loaded model versions join the portfolio."""
 
     async def setup(self) -> None:
-        """Load the task and open the claims bucket."""
-        self.task = load_task(self.task_ref or DEFAULT_TASK)
+        """Parse the campaign, open the claims and campaign buckets, build the portfolio."""
+        opts = self.ctx.options
+        refs = parse_campaign(self.task_ref or DEFAULT_TASK)
+        budget = opts.get("instance_budget")
+        if budget is None and len(refs) > 1:
+            budget = DEFAULT_INSTANCE_BUDGET
         self.rng = random.Random(zlib.crc32(f"{self.agent_id}/{self.ctx.token}".encode()))
         self.claims = await Claims(self.ctx.js, self.backoff).open()
-        self.budget = float(self.ctx.options.get("budget") or self.task.default_budget)
+        start = zlib.crc32(self.agent_id.encode()) % len(refs)
+        self.campaign = await Campaign(
+            self.ctx.js, refs, None if budget is None else int(budget), start=start, backoff=self.backoff
+        ).open()
+        self._tasks: dict[str, Task] = {}
+        self.task = self.task_of(self.campaign.current)
+        self.budget = float(opts.get("budget") or self.task.default_budget)
+        self.base_arms = self.arms()
+        self.models: dict[int, Proposer] = {}
+        self.portfolio = Portfolio(
+            self.base_arms,
+            floor=float(opts.get("floor") or 0.05),
+            rng=self.rng,
+            family_stats=self.view.proposers,
+        )
+        self.require_model = bool(opts.get("require_model"))
+        self.model_wait_s = float(opts.get("model_wait_s") or DEFAULT_MODEL_WAIT_S)
         self.runs = 0
 
-    # ----------------------------------------------------------------- proposing
-    def propose_prior(self, parent: BaseModel | None) -> tuple[BaseModel, str]:
-        """A mutation of the parent, or a fresh sample (no shared model yet)."""
-        if parent is None or self.rng.random() < self.explore:
-            return self.task.sample(self.rng), "prior"
-        return self.task.mutate(parent, self.rng), "mutation"
+    def task_of(self, ref: str) -> Task:
+        """The task object of an instance of the campaign (loaded once)."""
+        task = self._tasks.get(ref)
+        if task is None:
+            task = self._tasks[ref] = load_task(ref)
+            if len(self._tasks) > 4096:  # bounded: a huge campaign keeps the recent ones
+                self._tasks.pop(next(iter(self._tasks)))
+        return task
 
-    def propose_model(self, parent: BaseModel | None) -> tuple[BaseModel, str] | None:
-        """A proposal from the shared model, or None when no model is loaded."""
-        policy = self.policy
-        if policy is None:
-            return None
-        tv = self.view.task(self.task.ref)
-        guidance = [g.hint for g in tv.guidance if g.hint]
-        recipe = policy.propose(
-            self.task,
-            parent.model_dump() if parent is not None else None,
-            tv.best_objective,
-            guidance,
-            self.rng,
-        )
-        return recipe, "model"
-
-    def propose(self, parent: BaseModel | None) -> tuple[BaseModel, str]:
-        """The next recipe to try and who proposed it; avoids guided-away regions."""
-        avoid = merged_avoid(self.view.task(self.task.ref).guidance)
-        candidate: tuple[BaseModel, str] | None = None
-        for _ in range(20):
-            candidate = self.propose_model(parent) or self.propose_prior(parent)
-            if not violates(candidate[0].model_dump(), avoid):
-                return candidate
-        assert candidate is not None
-        return candidate
+    def refresh_arms(self) -> None:
+        """Add the loaded model version as an arm (keeping the newest :data:`MAX_MODEL_ARMS`)."""
+        policy, version = self.policy, self.model_version
+        if not self.use_models or not isinstance(policy, Proposer) or version in self.models:
+            return
+        self.models[version] = policy
+        for old in sorted(self.models)[:-MAX_MODEL_ARMS]:
+            del self.models[old]
+        self.portfolio.set_arms([*self.base_arms, *(self.models[v] for v in sorted(self.models))])
+        self.log.info("model_arm_added", proposer=policy.name, arms=[a.name for a in self.portfolio.arms])
 
     # ----------------------------------------------------------------- the loop
     async def step(self) -> bool:
-        """One experiment: a missing baseline replicate, else a proposal from the best so far."""
-        tv = self.view.task(self.task.ref)
-        plan = await self._plan(tv)
+        """One experiment on the campaign: a baseline replicate while the instance lacks them,
+        else a portfolio proposal; False once every instance's budget is spent."""
+        if self.require_model and self.model_version <= 0:
+            await wait_for_model(self, self.model_wait_s)
+        ref = await self.campaign.next_instance()
+        if ref is None:
+            self.log.info("campaign_done", instances=len(self.campaign.refs), budget=self.campaign.budget)
+            return False
+        self.task = self.task_of(ref)
+        plan = await self._plan(ref)
         if plan is None:
-            await asyncio.sleep(0.05)  # everything claimed right now; try again
+            await asyncio.sleep(0.05)  # everything claimed right now (the unit taken is spent)
             return True
-        recipe, proposer, seed, parent_id, reference, key = plan
+        recipe, proposer, reason, seed, parent_id, reference, key = plan
         try:
-            await self.run_experiment(recipe, proposer, seed, parent_id, reference)
+            await self.run_experiment(recipe, proposer, seed, parent_id, reference, reason=reason)
         finally:
             await self.claims.release(key)
         return True
 
-    async def _plan(self, tv: Any) -> tuple[BaseModel, str, int, str | None, float | None, str] | None:
+    async def _plan(
+        self, ref: str
+    ) -> tuple[BaseModel, str, str | None, int, str | None, float | None, str] | None:
+        tv = self.view.task(ref)
         if len(tv.baselines) < MIN_REPLICATES:
             base = self.task.baseline()
             for seed in range(MIN_REPLICATES):
                 if seed in tv.baselines:
                     continue
-                key = await self.claims.claim(
-                    self.task.ref, {**base.model_dump(), "__seed": seed}, self.agent_id
-                )
+                key = await self.claims.claim(ref, {**base.model_dump(), "__seed": seed}, self.agent_id)
                 if key:
-                    return base, "baseline", seed, None, None, key
-        parent = self.task.validate_recipe(tv.best_recipe) if tv.best_recipe else None
+                    return base, "baseline", "noise floor: baseline replicate", seed, None, None, key
+        self.refresh_arms()
+        avoid = merged_avoid(tv.guidance)
+
+        def accept(recipe: BaseModel) -> bool:
+            return not avoid or not violates(recipe.model_dump(), avoid)
+
         for _ in range(10):
-            recipe, proposer = await self.in_thread(self.propose, parent)
-            key = await self.claims.claim(self.task.ref, recipe.model_dump(), self.agent_id)
+            history = tv.history(self.task)
+            recipe, proposer, reason = await self.in_thread(self.portfolio.choose, history, accept)
+            key = await self.claims.claim(ref, recipe.model_dump(), self.agent_id)
             if key:
-                return (
-                    recipe,
-                    proposer,
-                    self.rng.randrange(1000, 2**31 - 1),
-                    tv.best_event_id,
-                    tv.best_objective,
-                    key,
-                )
+                seed = self.rng.randrange(1000, 2**31 - 1)
+                return recipe, proposer, reason, seed, tv.best_event_id, tv.best_objective, key
         return None
 
+    def propose(self, parent: BaseModel | None) -> tuple[BaseModel, str]:
+        """One portfolio proposal for the current instance (``parent`` is ignored: the portfolio
+        reads the instance's whole history); returns ``(recipe, proposer)``."""
+        del parent
+        recipe, proposer, _ = self.portfolio.choose(self.view.task(self.task.ref).history(self.task))
+        return recipe, proposer
+
     async def run_experiment(
-        self, recipe: BaseModel, proposer: str, seed: int, parent_id: str | None, reference: float | None
+        self,
+        recipe: BaseModel,
+        proposer: str,
+        seed: int,
+        parent_id: str | None,
+        reference: float | None,
+        *,
+        reason: str | None = None,
     ) -> ExperimentFinished:
         """Publish Started, run the task on this agent's thread, publish Finished."""
         self.runs += 1
@@ -134,7 +185,12 @@ class Researcher(Agent):
             seed=seed,
             budget=self.budget,
         )
-        version = self.model_version  # the model this action came from, pinned for both events
+        # the model this action came from, pinned for both events: the arm's own version when a
+        # model proposed it, else the model loaded now
+        version = self.model_version
+        for v, arm in self.models.items():
+            if arm.name == proposer:
+                version = v
         await self.publish(
             self.new_event(
                 ExperimentStarted,
@@ -144,7 +200,7 @@ class Researcher(Agent):
                 **common,
             )
         )
-        self.state = f"running {run_id}"
+        self.state = f"running {run_id} on {self.task.ref} ({proposer})"
         t0 = time.perf_counter()
         status, error, metrics, objective = "ok", None, {}, None
         try:
@@ -174,6 +230,7 @@ class Researcher(Agent):
             error=error,
             success=success,
             proposer=proposer,
+            proposer_reason=None if reason is None else reason[:200],
             **common,
         )
         await self.publish(finished)

@@ -12,21 +12,7 @@ from typing import Any
 
 import orjson
 
-from streams import (
-    AgentHeartbeat,
-    AgentStarted,
-    AgentStopped,
-    DecodeError,
-    DeploymentFinished,
-    Event,
-    ExperimentFinished,
-    ExperimentStarted,
-    GuidancePublished,
-    LogEntry,
-    ModelPublished,
-    ModelRejected,
-    decode,
-)
+from streams import DecodeError, Event, FastEvent, LogEntry, decode, fast_decode
 
 TABLES = (
     "experiment_starts",
@@ -66,6 +52,9 @@ _TABLE_OF_KIND = {
 """Where each kind's rows go: an ``event_id`` is unique per table, within a batch as across them."""
 
 Row = tuple[Any, ...]
+Decoded = Event | FastEvent
+"""A decoded event: the pydantic model, or the fast struct with the same attributes and values."""
+_AGENT_KINDS = frozenset({"AgentStarted", "AgentHeartbeat", "AgentStopped"})
 
 
 @dataclass
@@ -88,21 +77,28 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def decode_batch(messages: list[LogEntry]) -> tuple[list[tuple[LogEntry, Event]], list[Row]]:
+def decode_batch(messages: list[LogEntry]) -> tuple[list[tuple[LogEntry, Decoded]], list[Row]]:
     """Decode every message; invalid ones become dead-letter rows with the reason and raw bytes.
+
+    Valid current-version events come back as ``streams``' fast structs (same attributes and
+    values as the models; :func:`project` reads either); everything else is decided by
+    :func:`streams.decode`, so what is refused, and why, is exactly what ``decode`` says.
 
     Within a batch, a repeated ``event_id`` keeps its first occurrence (the log order) in the
     table its kind writes to: the same rule the tables' keys apply across batches.
     """
-    good: list[tuple[LogEntry, Event]] = []
+    good: list[tuple[LogEntry, Decoded]] = []
     dead: list[Row] = []
     seen: set[tuple[str, str]] = set()
     for m in messages:
-        try:
-            ev = decode(m.data, m.subject)
-        except DecodeError as e:
-            dead.append(dead_letter(m, e.reason))
-            continue
+        # The fast path returns an event only where ``decode`` would accept it, with equal fields.
+        ev: Any = fast_decode(m.data, m.subject)
+        if ev is None:
+            try:
+                ev = decode(m.data, m.subject)
+            except DecodeError as e:
+                dead.append(dead_letter(m, e.reason))
+                continue
         key = (_TABLE_OF_KIND[ev.kind], ev.event_id)
         if key in seen:
             continue
@@ -116,7 +112,7 @@ def dead_letter(m: LogEntry, reason: str) -> Row:
     return (m.seq, m.subject, reason, m.data, m.logged_at)
 
 
-def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) -> Rows:
+def project(good: list[tuple[LogEntry, Decoded]], dead: list[Row], last_seq: int) -> Rows:
     """Project decoded events of one batch to rows; deterministic in its inputs.
 
     Every table is keyed by ``event_id`` (or ``seq`` for dead letters) and inserted with "ignore
@@ -129,8 +125,10 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
     rows = Rows(last_seq=last_seq)
     t = rows.tables
     t["dead_letters"].extend(dead)
-    for m, ev in good:
-        if isinstance(ev, ExperimentFinished):
+    for m, decoded in good:
+        ev: Any = decoded  # a model or its fast struct: the same attributes
+        kind = ev.kind
+        if kind == "ExperimentFinished":
             t["experiments"].append(
                 (
                     *_run_columns(m.seq, ev),
@@ -145,9 +143,9 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.proposer_reason,
                 )
             )
-        elif isinstance(ev, ExperimentStarted):
+        elif kind == "ExperimentStarted":
             t["experiment_starts"].append((*_run_columns(m.seq, ev), ev.deadline_s, ev.occurred_at))
-        elif isinstance(ev, DeploymentFinished):
+        elif kind == "DeploymentFinished":
             t["deployments"].append(
                 (
                     ev.event_id,
@@ -173,7 +171,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.occurred_at,
                 )
             )
-        elif isinstance(ev, GuidancePublished):
+        elif kind == "GuidancePublished":
             t["guidance"].append(
                 (
                     ev.event_id,
@@ -189,9 +187,9 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.occurred_at,
                 )
             )
-        elif isinstance(ev, AgentStarted | AgentHeartbeat | AgentStopped):
+        elif kind in _AGENT_KINDS:
             t["agent_events"].append((ev.event_id, *_agent_row(m.seq, ev)))
-        elif isinstance(ev, ModelPublished):
+        elif kind == "ModelPublished":
             t["models"].append(
                 (
                     ev.event_id,
@@ -211,7 +209,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
                     ev.occurred_at,
                 )
             )
-        elif isinstance(ev, ModelRejected):
+        elif kind == "ModelRejected":
             t["models"].append(
                 (
                     ev.event_id,
@@ -234,7 +232,7 @@ def project(good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int) 
     return rows
 
 
-def _run_columns(seq: int, ev: ExperimentStarted | ExperimentFinished) -> Row:
+def _run_columns(seq: int, ev: Any) -> Row:
     """The columns experiment_starts and experiments share, in their order."""
     return (
         ev.event_id,
@@ -252,15 +250,16 @@ def _run_columns(seq: int, ev: ExperimentStarted | ExperimentFinished) -> Row:
     )
 
 
-def _agent_row(seq: int, ev: AgentStarted | AgentHeartbeat | AgentStopped) -> list[Any]:
+def _agent_row(seq: int, ev: Any) -> list[Any]:
     """agent_id, agent_type, seq, host, pid, task, heartbeat_s, started_at, last_seen, state,
-    model_version, experiments, stopped_at, stop_reason (None = unchanged)."""
+    model_version, experiments, stopped_at, stop_reason (None = unchanged), of an agent
+    lifecycle event (a model or its fast struct)."""
     row: list[Any] = [ev.agent_id, ev.agent_type, seq] + [None] * 11
     row[8] = ev.occurred_at
-    if isinstance(ev, AgentStarted):
+    if ev.kind == "AgentStarted":
         row[3:8] = [ev.host, ev.pid, ev.task, ev.heartbeat_s, ev.occurred_at]
         row[9] = "started"
-    elif isinstance(ev, AgentHeartbeat):
+    elif ev.kind == "AgentHeartbeat":
         row[9:12] = [ev.state, ev.model_version, ev.experiments]
     else:
         row[9] = "stopped"

@@ -18,10 +18,10 @@ import duckdb
 import pyarrow as pa
 import structlog
 
-from streams import STREAM, Event, LogEntry
+from streams import STREAM, LogEntry
 
 from ._failpoints import failpoint
-from ._projections import Row, Rows, dead_letter, decode_batch, project
+from ._projections import Decoded, Row, Rows, dead_letter, decode_batch, project
 from ._schema import ARROW, migrate
 
 log = structlog.get_logger("hive.store")
@@ -241,7 +241,7 @@ def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
 
 
 def _commit(
-    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]], dead: list[Row], last_seq: int
+    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Decoded]], dead: list[Row], last_seq: int
 ) -> Rows:
     """Project and insert ``good`` and ``dead`` and set the checkpoint, in one transaction."""
     rows = project(good, dead, last_seq)
@@ -257,7 +257,7 @@ def _commit(
     return rows
 
 
-def _refusal(cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]]) -> str | None:
+def _refusal(cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Decoded]]) -> str | None:
     """Why projecting and inserting ``good`` fails (its exception text), or None if it would work;
     always rolled back. Errors of the machine are raised."""
     cur.execute("BEGIN")
@@ -273,7 +273,7 @@ def _refusal(cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]])
 
 
 def _offenders(
-    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Event]]
+    cur: duckdb.DuckDBPyConnection, good: list[tuple[LogEntry, Decoded]]
 ) -> list[tuple[LogEntry, str]]:
     """The events that fail on their own, with the reason, found by bisection."""
     reason = _refusal(cur, good)

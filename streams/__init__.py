@@ -70,6 +70,7 @@ from ._events import (
     utcnow,
 )
 from ._examples import example
+from ._fastcodec import FastEvent, fast_decode
 from ._publisher import NoStreamError, Publisher, PublishError, StreamFullError
 from ._query_client import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, QueryResult, remote_query
 from ._server import (
@@ -138,6 +139,7 @@ __all__ = [
     "Event",
     "ExperimentFinished",
     "ExperimentStarted",
+    "FastEvent",
     "GuidancePublished",
     "LogEntry",
     "LogReader",
@@ -176,6 +178,7 @@ __all__ = [
     "ensure_stream",
     "ensure_writable_dir",
     "example",
+    "fast_decode",
     "find_nats_server",
     "free_port",
     "generate_credentials",

@@ -1,4 +1,4 @@
-"""The shared policy: a small byte-level causal transformer, nanoGPT style, in one file.
+"""The byte-level policy (backend ``byte``, the first model): a causal transformer over recipe text.
 
 Text is UTF-8 bytes (tokens 0..255) plus four special tokens. A training sequence is::
 

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
+from distill._byte_model import EOS, Policy
 from distill._prompt import (
     MAX_INT_DIGITS,
     FieldSpec,
@@ -55,7 +56,6 @@ from distill._prompt import (
     render_action,
     space_fields,
 )
-from distill.model import EOS, Policy
 
 _DIGITS = tuple(range(ord("0"), ord("9") + 1))
 _NONZERO = tuple(range(ord("1"), ord("9") + 1))

@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args, get_origin
 import annotated_types as at
 from pydantic import BaseModel
 
-from distill.model import BOS, SEP
+from distill._byte_model import BOS, SEP
 
 MAX_PROMPT_BYTES = 224
 """Upper bound of a rendered prompt, in UTF-8 bytes."""

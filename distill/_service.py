@@ -1,6 +1,19 @@
 """The distiller: select → train → gate → publish, one generation at a time.
 
-A generation starts after ``every_traces`` new successful traces (or ``every_seconds``):
+**The ``history`` backend (default)**: a generation starts after ``every_traces`` new finished
+experiments (or ``every_seconds``):
+
+1. **select** every instance's trajectory (``experiments`` in log order, through the query
+   service) and build hindsight examples (``distill._history``), counting the traces it skips and
+   why (logged, and on the model events' ``eval`` as ``skipped_<reason>``);
+2. **train** two :class:`~distill.model.HistoryModel` candidates, from fresh weights and
+   continuing the champion, and keep the one with the lower held-out NLL;
+3. **gate on research value** (``distill._gate``): simulated short studies on held-out instances;
+   promote only if the candidate beats mutation and the champion (figures on the event's ``eval``);
+4. **publish** as below, with ``meta.json`` ``{"backend": "history", "config": ...}``.
+
+**The ``byte`` and ``hf`` backends** (text policies): a generation starts after ``every_traces``
+new successful traces (or ``every_seconds``):
 
 1. **select** the pooled successful traces from the read side (the query service);
 2. **train** two candidates — one from the base (fresh weights: ReST-EM) and one continuing the
@@ -31,16 +44,28 @@ import torch
 import streams
 
 from . import _hf
+from ._byte_model import Policy, PolicyConfig
 from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
 from ._decode import valid_action_rate
-from ._train import TrainingStopped, evaluate, pick_device, train
-from .model import Policy, PolicyConfig
+from ._gate import GateConfig, GateResult, gate_tasks, loss_gate, research_gate
+from ._history import TRAJECTORY_SQL, HistoryDataset, build_history_dataset
+from ._proposers import TextPolicyProposer
+from ._train import TrainingStopped, evaluate, evaluate_history, pick_device, train, train_history
+from .model import BACKEND, HistoryConfig, HistoryModel, HistoryProposer, is_history_model
 
 log = structlog.get_logger("distill")
 AGENT_ID = "distiller"
 CPU_MODEL: dict[str, Any] = {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 320}
 """The model a CPU distiller trains from the base unless told otherwise: small enough that a
 generation takes tens of seconds on two cores. On CUDA the default :class:`PolicyConfig` is used."""
+CUDA_STEPS = 600
+"""Training steps per candidate on CUDA unless told otherwise."""
+CPU_STEPS = 300
+"""Training steps per candidate on CPU unless told otherwise."""
+CUDA_BATCH_SIZE = 128
+"""Training batch size on CUDA unless told otherwise."""
+CPU_BATCH_SIZE = 16
+"""Training batch size on CPU unless told otherwise."""
 
 
 def resolve(
@@ -48,8 +73,8 @@ def resolve(
 ) -> tuple[int, int, dict[str, Any]]:
     """Steps, batch size and model config for ``device`` (explicit settings win)."""
     cuda = device.type == "cuda"
-    steps = cfg_steps if cfg_steps is not None else (600 if cuda else 300)
-    batch = cfg_batch if cfg_batch is not None else (128 if cuda else 16)
+    steps = cfg_steps if cfg_steps is not None else (CUDA_STEPS if cuda else CPU_STEPS)
+    batch = cfg_batch if cfg_batch is not None else (CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
     return steps, batch, model or ({} if cuda else dict(CPU_MODEL))
 
 
@@ -65,7 +90,7 @@ class DistillConfig:
     once: bool = False
     min_examples: int = 16
     steps: int | None = None
-    """Training steps per candidate; None: 600 on CUDA, 300 on CPU (see :data:`CPU_MODEL`)."""
+    """Training steps per candidate; None: :data:`CUDA_STEPS` on CUDA, :data:`CPU_STEPS` on CPU."""
     batch_size: int | None = None
     lr: float = 3e-3
     seed: int = 0
@@ -80,18 +105,23 @@ class DistillConfig:
     modes: tuple[str, ...] = ("base", "continue")
     """Candidates to train: from the base weights (ReST-EM) and/or continuing the champion."""
     connect_options: dict[str, Any] = field(default_factory=dict)
-    backend: str = "byte"
-    """``byte``: the byte-level policy; ``hf``: a LoRA adapter on the local causal LM ``hf_model``."""
+    backend: str = BACKEND
+    """``history``: the history-conditioned model; ``byte``: the byte-level policy; ``hf``: a LoRA
+    adapter on the local causal LM ``hf_model``."""
     hf_model: str | None = None
     """The hf backend's base model directory (also what an hf champion is scored with)."""
     lora: _hf.LoraSettings = field(default_factory=_hf.LoraSettings)
     """The adapter an hf candidate from the base gets (rank, alpha, dropout, target modules)."""
     hf_lr: float = 1e-3
     """Peak learning rate of the LoRA adapter (``lr`` is the byte policy's)."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """The history backend's research-value gate: held-out instances, seeds, trials per study."""
+    top_q: float = 0.1
+    """Hindsight targets: each instance's top ``top_q`` trials (history backend)."""
 
 
-Model = Policy | _hf.HFPolicy
-"""A champion or candidate of either backend."""
+Model = Policy | _hf.HFPolicy | HistoryModel
+"""A champion or candidate of any backend."""
 
 
 def _space_for(task: str) -> Any:
@@ -172,8 +202,8 @@ class Distiller:
     """Runs generations against a live hive until stopped (or once)."""
 
     def __init__(self, cfg: DistillConfig) -> None:
-        if cfg.backend not in ("byte", "hf"):
-            raise ValueError(f"unknown backend {cfg.backend!r} (byte, hf)")
+        if cfg.backend not in (BACKEND, "byte", "hf"):
+            raise ValueError(f"unknown backend {cfg.backend!r} ({BACKEND}, byte, hf)")
         if cfg.backend == "hf":  # fail now, not at the first generation
             _hf.require_extra()
             if not cfg.hf_model:
@@ -187,20 +217,25 @@ class Distiller:
         self.champion_version = 0
         self.last_through = 0
         self.generations: list[dict[str, Any]] = []
+        self.nc: Any = None
 
     def stop(self) -> None:
         """Finish the generation in hand and return."""
         self._stop.set()
 
+    def connected(self) -> bool:
+        """Whether it is connected to NATS (before that a stop may cancel :meth:`run` outright)."""
+        return self.nc is not None and bool(self.nc.is_connected)
+
     async def run(self) -> list[dict[str, Any]]:
         """Connect, load the current champion, and run generations when enough traces arrive."""
         nc = await streams.connect(self.cfg.nats_url, name="hive-distiller", **self.cfg.connect_options)
+        self.nc = nc
         try:
             js = nc.jetstream()
             await streams.ensure_stream(js)
             self.store = await streams.ModelStore(nc).open(create=True)
             self.publisher = streams.Publisher(js)
-            self.nc = nc
             await self._load_champion()
             t_last = time.monotonic()
             while not self._stop.is_set():
@@ -224,12 +259,19 @@ class Distiller:
         return res.rows
 
     async def _new_successes(self) -> int:
-        try:
-            rows = await self._rows(
+        """New traces since the last generation: every finished experiment (history backend: every
+        trial is part of a trajectory), or successful experiments and deployments (text backends)."""
+        if self.cfg.backend == BACKEND:
+            sql = "SELECT count(*) FROM experiments WHERE seq > ?"
+            params = [self.last_through]
+        else:
+            sql = (
                 "SELECT (SELECT count(*) FROM experiments WHERE success AND seq > ?) + "
-                "(SELECT count(*) FROM deployments WHERE success AND seq > ?)",
-                [self.last_through, self.last_through],
+                "(SELECT count(*) FROM deployments WHERE success AND seq > ?)"
             )
+            params = [self.last_through, self.last_through]
+        try:
+            rows = await self._rows(sql, params)
         except streams.QueryError as e:
             log.warning("distill_waiting_for_query_service", error=str(e))
             return 0
@@ -250,7 +292,9 @@ class Distiller:
         log.info("champion_loaded", version=pointer.version, trained_through_seq=pointer.trained_through_seq)
 
     def _model_from_bytes(self, data: bytes, version: int) -> Model:
-        """A stored model of either backend (an hf adapter is loaded on ``hf_model``, its base)."""
+        """A stored model of any backend (an hf adapter is loaded on ``hf_model``, its base)."""
+        if is_history_model(data):
+            return HistoryModel.from_bytes(data)
         if not _hf.is_adapter(data):
             return Policy.from_bytes(data)
         if not self.cfg.hf_model:
@@ -264,6 +308,8 @@ class Distiller:
         """One select → train → gate → publish cycle; returns its report."""
         status = orjson.loads((await self.nc.request(streams.STATUS_SUBJECT, b"{}", timeout=5)).data)
         through = int(status["applied_seq"])
+        if self.cfg.backend == BACKEND:
+            return await self._history_generation(through)
         from agents import NOISE_SIGMAS  # the agents' success margin: the standard an incumbent sets
 
         rows = await self._rows(SELECT_SQL, [through, NOISE_SIGMAS])
@@ -370,6 +416,125 @@ class Distiller:
         }
         return {"promote": promote, "model": model, "scores": (cand, champ), "mode": mode, "report": report}
 
+    # ------------------------------------------------------------------ the history backend
+
+    async def _history_generation(self, through: int) -> dict[str, Any]:
+        """Trajectories → hindsight examples → two candidates → research-value gate → publish/reject."""
+        from agents import load_task  # the task registry: spaces, and the studies the gate simulates
+
+        rows = await self._rows(TRAJECTORY_SQL, [through])
+        model_cfg = HistoryConfig(**self.cfg.model)
+        ds = await asyncio.to_thread(
+            build_history_dataset,
+            rows,
+            model_cfg,
+            load=load_task,
+            through_seq=through,
+            top_q=self.cfg.top_q,
+            heldout_fraction=self.cfg.heldout_fraction,
+            seed=self.cfg.seed + len(self.generations),
+        )
+        self.last_through = through
+        report: dict[str, Any] = {
+            "through_seq": through,
+            "backend": BACKEND,
+            "traces": ds.pooled,
+            "instances": len(ds.trajectories),
+            "examples": ds.size,
+            "train": len(ds.train),
+            "heldout": len(ds.heldout),
+            "heldout_tasks": ds.heldout_tasks,
+            "skipped": dict(ds.skipped),
+        }
+        if ds.skipped:
+            log.warning("distill_traces_skipped", total=sum(ds.skipped.values()), **dict(ds.skipped))
+        if len(ds.train) < self.cfg.min_examples:
+            log.info("distill_skipped", reason="too few examples", **report)
+            report["decision"] = "skipped"
+            self.generations.append(report)
+            return report
+        try:
+            model, mode, result, train_report = await asyncio.to_thread(self._train_and_gate_history, ds)
+        except TrainingStopped as e:
+            log.info("distill_interrupted", reason=str(e), **report)
+            report["decision"] = "interrupted"
+            self.generations.append(report)
+            return report
+        eval_ = {**result.metrics, **ds.skip_metrics()}
+        report.update(mode=mode, reason=result.reason, eval=eval_, train_report=train_report)
+        if result.promote:
+            fields = {
+                "backend": BACKEND,
+                "config": orjson.loads(model.cfg.to_json()),
+                "train_examples": len(ds.train),
+                "heldout_examples": len(ds.heldout),
+                "heldout_tasks": ds.heldout_tasks,
+                "train_tasks": len(ds.train_tasks),
+                "skipped": dict(ds.skipped),
+                "eval": eval_,
+                "gate": result.reason,
+                "train": train_report,
+            }
+            await self._publish_model(model, fields, through, ds.size, eval_, mode, report)
+        else:
+            await self._reject_candidate(through, ds.size, eval_, report)
+        self.generations.append(report)
+        return report
+
+    def _train_and_gate_history(
+        self, ds: HistoryDataset
+    ) -> tuple[HistoryModel, str, GateResult, dict[str, Any]]:
+        """CPU/GPU work, off the event loop: train the candidates, keep the better one on held-out
+        NLL, then judge it on research value against mutation and the champion."""
+        from agents import load_task
+
+        device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
+        cuda = device.type == "cuda"
+        steps = self.cfg.steps if self.cfg.steps is not None else (1000 if cuda else 300)
+        batch_size = self.cfg.batch_size if self.cfg.batch_size is not None else (256 if cuda else 64)
+        model_cfg = HistoryConfig(**self.cfg.model)
+        champion = self.champion if isinstance(self.champion, HistoryModel) else None
+        candidates: list[tuple[float, str, HistoryModel, dict[str, Any]]] = []
+        for mode in self.cfg.modes:
+            if mode == "continue" and (champion is None or champion.cfg != model_cfg):
+                continue
+            torch.manual_seed(self.cfg.seed + len(self.generations))
+            net = HistoryModel(model_cfg) if mode == "base" else HistoryModel.from_bytes(champion.to_bytes())  # type: ignore[union-attr]
+            rep = train_history(
+                net,
+                ds.train,
+                steps=steps,
+                batch_size=batch_size,
+                lr=self.cfg.lr,
+                seed=self.cfg.seed,
+                device=device,
+                should_stop=self._stop.is_set,
+            )
+            nll = evaluate_history(net, ds.heldout)
+            candidates.append(
+                (nll if math.isfinite(nll) else math.inf, mode, net.to("cpu").eval(), rep.model_dump())
+            )
+        candidates.sort(key=lambda c: c[0])
+        nll, mode, model, train_report = candidates[0]
+        log.info(
+            "distill_candidate", mode=mode, heldout_nll=nll, alternatives={m: v for v, m, _, _ in candidates}
+        )
+        tasks = gate_tasks(ds.heldout_tasks, list(ds.trajectories), self.cfg.gate.instances, load_task)
+        if tasks:
+            rival: Any = None
+            if isinstance(self.champion, HistoryModel):
+                rival = HistoryProposer(self.champion, self.champion_version)
+            elif isinstance(self.champion, (Policy, _hf.HFPolicy)):
+                rival = TextPolicyProposer(self.champion, self.champion_version)
+            result = research_gate(HistoryProposer(model), rival, tasks, self.cfg.gate)
+        else:
+            champ_nll = evaluate_history(champion, ds.heldout) if champion is not None else None
+            result = loss_gate(nll, champ_nll)
+        if math.isfinite(nll):
+            result.metrics["heldout_nll"] = nll
+        log.info("distill_gate", promote=result.promote, reason=result.reason)
+        return model, mode, result, train_report
+
     def _train_hf(
         self, mode: str, ds: Dataset, device: torch.device, steps: int, batch_size: int
     ) -> tuple[_hf.HFPolicy, Any]:
@@ -397,7 +562,39 @@ class Distiller:
     async def _publish(
         self, model: Model, ds: Dataset, scores: Any, mode: str, report: dict[str, Any]
     ) -> None:
+        """Publish a text-backend candidate (byte or hf) with its held-out figures."""
         cand, champ = scores
+        assert isinstance(model, (Policy, _hf.HFPolicy))
+        fields = {
+            **(
+                model.meta()  # backend "hf": its base model's name and fingerprint, the LoRA config
+                if isinstance(model, _hf.HFPolicy)
+                else {"backend": "byte", "config": orjson.loads(model.config.to_json())}
+            ),
+            "train_examples": len(ds.train),
+            "heldout_examples": len(ds.heldout),
+            "heldout_tasks": ds.heldout_tasks,
+            "holdout": ds.holdout,
+            "eval": cand.as_metrics(),
+            "champion_eval": champ.as_metrics() if champ else None,
+            "train": report.get("train"),
+        }
+        await self._publish_model(
+            model, fields, ds.through_seq, ds.size, event_eval(cand, champ), mode, report
+        )
+
+    async def _publish_model(
+        self,
+        model: Model,
+        fields: dict[str, Any],
+        through_seq: int,
+        dataset_size: int,
+        eval_: dict[str, float],
+        mode: str,
+        report: dict[str, Any],
+    ) -> None:
+        """Weights + ``meta.json`` (``fields`` added) to the Object Store, the signed pointer, and
+        ``ModelPublished`` with ``eval_``; the model becomes the champion."""
         version = await self._next_version()
         current = await self.store.read_pointer(self.cfg.name)
         # above every serial ever written (not just the KV's value, which may be a replayed one)
@@ -408,33 +605,21 @@ class Distiller:
                 "version": version,
                 "parent": self.champion_version,
                 "mode": mode,
-                **(
-                    model.meta()  # backend "hf": its base model's name and fingerprint, the LoRA config
-                    if isinstance(model, _hf.HFPolicy)
-                    else {"backend": "byte", "config": orjson.loads(model.config.to_json())}
-                ),
-                "trained_through_seq": ds.through_seq,
-                "dataset_size": ds.size,
-                "train_examples": len(ds.train),
-                "heldout_examples": len(ds.heldout),
-                "heldout_tasks": ds.heldout_tasks,
-                "holdout": ds.holdout,
-                "eval": cand.as_metrics(),
-                "champion_eval": champ.as_metrics() if champ else None,
-                "train": report.get("train"),
+                "trained_through_seq": through_seq,
+                "dataset_size": dataset_size,
+                **fields,
             },
             option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
         )
         weights = model.to_bytes()
         files = await self.store.put_version(self.cfg.name, version, weights, meta)
-        eval_ = event_eval(cand, champ)
         pointer = streams.ModelPointer(
             name=self.cfg.name,
             serial=serial,
             version=version,
             parent_version=self.champion_version,
-            trained_through_seq=ds.through_seq,
-            dataset_size=ds.size,
+            trained_through_seq=through_seq,
+            dataset_size=dataset_size,
             eval=eval_,
             **files,
         )
@@ -450,15 +635,15 @@ class Distiller:
                 parent_version=self.champion_version,
                 sha256=files["weights_sha256"],
                 size=files["weights_size"],
-                trained_through_seq=ds.through_seq,
-                dataset_size=ds.size,
+                trained_through_seq=through_seq,
+                dataset_size=dataset_size,
                 eval=eval_,
                 signature=signature,
             )
         )
         self.champion, self.champion_version = model, version
         report.update(decision="published", version=version)
-        log.info("model_published", version=version, mode=mode, dataset_size=ds.size, **cand.as_metrics())
+        log.info("model_published", version=version, mode=mode, dataset_size=dataset_size, **eval_)
 
     async def _next_version(self) -> int:
         """The number a new candidate gets: one past the champion and every stored version."""
@@ -466,18 +651,23 @@ class Distiller:
 
     async def _reject(self, ds: Dataset, scores: Any, report: dict[str, Any]) -> None:
         cand, champ = scores
+        await self._reject_candidate(ds.through_seq, ds.size, event_eval(cand, champ), report)
+
+    async def _reject_candidate(
+        self, through_seq: int, dataset_size: int, eval_: dict[str, float], report: dict[str, Any]
+    ) -> None:
+        """``ModelRejected`` with the gate's figures and reason; the champion stays."""
         candidate = await self._next_version()
-        eval_ = event_eval(cand, champ)
         await self.publisher.publish(
             streams.ModelRejected(
-                event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{ds.through_seq}",
+                event_id=f"{AGENT_ID}/{self.cfg.name}/candidate-{candidate}-{through_seq}",
                 agent_id=AGENT_ID,
                 agent_type="distiller",
                 name=self.cfg.name,
                 candidate=candidate,
                 champion_version=self.champion_version,
-                trained_through_seq=ds.through_seq,
-                dataset_size=ds.size,
+                trained_through_seq=through_seq,
+                dataset_size=dataset_size,
                 eval=eval_,
                 reason=report["reason"][:200],
             )

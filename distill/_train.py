@@ -24,8 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 from torch.nn import functional as F
 
+from distill._byte_model import EOS, PAD, Policy
+from distill._history import Example
 from distill._prompt import encode_prompt
-from distill.model import EOS, PAD, Policy
+from distill.model import Batch, HistoryModel, collate
 
 log = structlog.get_logger(__name__)
 
@@ -359,3 +361,125 @@ def evaluate(
         "examples": float(len(seqs)),
         "skipped": float(skipped),
     }
+
+
+# ------------------------------------------------------------------------- the history model
+
+
+class HistoryTrainReport(BaseModel):
+    """What one :func:`train_history` call did: steps, examples, losses (NLL per example), speed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int
+    examples: int
+    wall_s: float
+    examples_per_s: float
+    first_loss: float
+    final_loss: float
+    device: str
+    dtype: str
+    params: int
+
+
+def train_history(
+    model: HistoryModel,
+    examples: Sequence[Example],
+    *,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 0.05,
+    warmup: int = 20,
+    min_lr_ratio: float = 0.1,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> HistoryTrainReport:
+    """Fit ``model`` to hindsight ``examples`` (context, target recipe) by maximum likelihood.
+
+    The same recipe as :func:`train`: AdamW (betas 0.9/0.95, fused on CUDA) with decay on matrices,
+    linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, float32 on CPU; the
+    whole (small) dataset lives on the device. ``should_stop`` is checked before every step
+    (:class:`TrainingStopped`). The model is left on the device, in eval mode.
+    """
+    if not examples:
+        raise ValueError("no examples to train on")
+    # ---- data: collate once, keep it on the device, slice batches by index
+    dev = torch.device(device) if device is not None else pick_device()
+    cuda = dev.type == "cuda"
+    cfg = model.cfg
+    data = collate([c for c, _ in examples], cfg, [t for _, t in examples])
+    data = Batch(*(t.to(dev) for t in data))
+    n = len(examples)
+    bs = min(batch_size, n)
+
+    # ---- model, optimizer, precision
+    torch.manual_seed(seed)
+    shuffle = torch.Generator().manual_seed(seed)
+    model.to(dev).train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    batches = batch_order(n, bs, shuffle)
+    log.info("train_history.start", examples=n, steps=steps, batch_size=bs, device=str(dev), lr=lr)
+
+    losses: list[Tensor] = []
+    t_start = time.perf_counter()
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(f"stopped at step {step} of {steps}")
+        # a batch of examples, all of them padded to the dataset's longest context
+        index = torch.tensor(next(batches), device=dev)
+        batch = Batch(*(t.index_select(0, index) for t in data))
+
+        # forward / backward / step
+        lr_now = cosine_lr(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        with autocast:
+            loss = model.nll(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        losses.append(loss.detach())  # no host sync per step
+    if cuda:
+        torch.cuda.synchronize(dev)
+    wall = time.perf_counter() - t_start
+    model.eval()
+
+    # ---- report
+    history = torch.stack(losses).float().cpu().tolist()
+    tail = history[-max(1, min(10, len(history) // 10)) :]
+    report = HistoryTrainReport(
+        steps=steps,
+        examples=n,
+        wall_s=wall,
+        examples_per_s=steps * bs / max(wall, 1e-9),
+        first_loss=history[0],
+        final_loss=sum(tail) / len(tail),
+        device=str(dev),
+        dtype="bfloat16" if cuda else "float32",
+        params=model.num_params(),
+    )
+    log.info("train_history.done", steps=steps, final_loss=round(report.final_loss, 4), wall_s=round(wall, 2))
+    return report
+
+
+@torch.no_grad()
+def evaluate_history(model: HistoryModel, examples: Sequence[Example], *, batch_size: int = 256) -> float:
+    """Mean negative log-likelihood of the examples' targets (``nan`` with no examples), on CPU."""
+    if not examples:
+        return float("nan")
+    model.to("cpu").eval()
+    total = 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = collate([c for c, _ in chunk], model.cfg, [t for _, t in chunk])
+        total += float(model.nll(model(batch), batch)) * len(chunk)
+    return total / len(examples)

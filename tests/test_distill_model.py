@@ -1,4 +1,4 @@
-"""The distill policy: persistence, prompt/action text, constrained decoding and training (CPU, < 60 s)."""
+"""The byte policy (backend ``byte``): persistence, prompt/action text, constrained decoding, training (CPU)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from distill import (
     valid_action_rate,
 )
 from distill._decode import _Walker
-from distill.model import EOS
+from distill._byte_model import EOS
 
 
 class Toy(BaseModel):

@@ -9,6 +9,7 @@ import structlog
 import torch
 from pydantic import BaseModel
 
+from distill._byte_model import EOS
 from distill._decode import (
     ProposalStats,
     _cpu_threads,
@@ -18,7 +19,6 @@ from distill._decode import (
     propose_with,
     valid_rate_with,
 )
-from distill.model import EOS
 
 from ._base import (
     TOP_K,

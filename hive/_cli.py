@@ -412,6 +412,113 @@ def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
         click.echo(human_line(result), err=True)
 
 
+@bench.command("learning")
+@click.option(
+    "--family",
+    "families",
+    multiple=True,
+    default=("lmrecipe",),
+    show_default=True,
+    help="Task family to benchmark (repeatable).",
+)
+@click.option(
+    "--train-instances",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Train the hive on instances 0..K-1.",
+)
+@click.option(
+    "--train-seconds",
+    default=240.0,
+    show_default=True,
+    type=click.FloatRange(5),
+    help="How long the hive trains on each family.",
+)
+@click.option(
+    "--heldout",
+    default=6,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Held-out instances (1000, 1001, ...).",
+)
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Seeds per instance.")
+@click.option("--budget", default=300, show_default=True, type=click.IntRange(1), help="Trials per study.")
+@click.option(
+    "--agents",
+    "n_agents",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Agents in the training hive.",
+)
+@click.option(
+    "--distill-every",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="The training hive distills after this many new successful traces.",
+)
+@click.option(
+    "--jobs",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes for the studies.",
+)
+@click.option(
+    "--out",
+    default="bench-learning",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for learning.json, learning.png and the hive logs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Tiny settings (4 instances, 30 s, 2 held-out x 2 seeds, budget 40) for a smoke test.",
+)
+def bench_learning(
+    families: tuple[str, ...],
+    train_instances: int,
+    train_seconds: float,
+    heldout: int,
+    seeds: int,
+    budget: int,
+    n_agents: int,
+    distill_every: int,
+    jobs: int,
+    out: str,
+    as_json: bool,
+    quick: bool,
+) -> None:
+    """Trials to reach normalised regret <= 0.05 on held-out instances after the hive trained on
+    others: the hive (portfolio + model), generation 0, TPE, warm-started TPE, random search."""
+    from agents import load_task
+
+    from ._bench_learning import BenchConfig, print_table, run_bench
+
+    for family in families:
+        try:
+            load_task(f"{family}/1000")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--family") from None
+    if quick:
+        train_instances, train_seconds, heldout, seeds, budget = 4, 30.0, 2, 2, 40
+        distill_every = min(distill_every, 50)
+    cfg = BenchConfig(
+        families=list(families), train_instances=train_instances, train_seconds=train_seconds,
+        heldout=heldout, seeds=seeds, budget=budget, agents=n_agents, distill_every=distill_every,
+        jobs=jobs, out=Path(out), quick=quick,
+    )  # fmt: skip
+    report = run_bench(cfg)
+    click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    if not as_json:
+        print_table(report)
+        click.echo(f"wrote {Path(out) / 'learning.json'} and {Path(out) / 'learning.png'}", err=True)
+
+
 @cli.command()
 @click.option(
     "--agents",

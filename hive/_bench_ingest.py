@@ -222,10 +222,13 @@ async def run_ingest_bench(n: int, *, url: str | None = None, progress: bool = T
 
 
 def human_line(r: dict[str, Any]) -> str:
-    """One line a person reads."""
+    """One line a person reads: each figure beside its goal (issue 12: first step / final)."""
+    pub_ratio = r["hive_publish_per_s"] / r["raw_publish_per_s"] if r["raw_publish_per_s"] else 0.0
     return (
-        f"{r['events']} events of ~{r['event_bytes']} B: raw nats-py publish {r['raw_publish_per_s']:,}/s, "
-        f"hive publish {r['hive_publish_per_s']:,}/s, end-to-end {r['end_to_end_per_s']:,}/s "
-        f"(ratio {r['ratio']}), latency p50 {r['latency_ms']['p50']} ms p99 {r['latency_ms']['p99']} ms, "
-        f"rebuild {r['rebuild_per_s']:,}/s"
+        f"{r['events']} events of ~{r['event_bytes']} B: raw nats-py publish {r['raw_publish_per_s']:,}/s; "
+        f"hive publish {r['hive_publish_per_s']:,}/s = {pub_ratio:.2f}x raw (goal >= 0.8x); "
+        f"end-to-end {r['end_to_end_per_s']:,}/s (goal >= 20,000/s) = {r['ratio']}x raw "
+        f"(goal >= 0.5x, final 0.9x); latency p50 {r['latency_ms']['p50']} ms p99 "
+        f"{r['latency_ms']['p99']} ms at full rate (goal p50 <= 100 ms at half the peak rate); "
+        f"rebuild {r['rebuild_per_s']:,}/s (goal >= 50,000/s, final 100,000/s)"
     )

@@ -147,7 +147,7 @@ class Portfolio:
             draws.append((self.rng.betavariate(1.0 + s, 1.0 + f), arm, s, s + f))
         draws.sort(key=lambda d: -d[0])
         ranked = [
-            (arm, f"thompson {theta:.3f} ({s:.1f}/{n:.1f} improved on {family})")
+            (arm, f"thompson {theta:.3f} (reward {s:.1f} of {n:.1f} trials on {family})")
             for theta, arm, s, n in draws
         ]
         if self.rng.random() < self.floor:

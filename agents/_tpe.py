@@ -20,20 +20,27 @@ import statistics
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState, create_trial
 from pydantic import BaseModel
 
 from ._proposer import History, Proposer, recipe_key
 from ._task import Knob, Task, knobs
 
+if TYPE_CHECKING:  # optuna is imported on first use: it costs seconds at every agent's start
+    import optuna
+    from optuna.distributions import BaseDistribution
+
 CACHE = 16
 """Studies kept per proposer (one per instance recently proposed for)."""
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def _optuna() -> Any:
+    """The optuna module, imported (and quietened) on first use."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
 
 
 def distributions(task: Task) -> dict[str, BaseDistribution]:
@@ -42,6 +49,8 @@ def distributions(task: Task) -> dict[str, BaseDistribution]:
 
 
 def _distribution(k: Knob) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if k.kind == "float":
         return FloatDistribution(k.low, k.high, log=k.log)
     if k.kind == "int":
@@ -91,6 +100,8 @@ class TPEProposer(Proposer):
         self._studies.move_to_end(ref)
         while len(self._studies) > CACHE:
             self._studies.popitem(last=False)
+        from optuna.trial import create_trial
+
         dists = distributions(history.task)
         ok = [t.objective for t in history.trials if t.ok and t.objective is not None]
         worst = max([*ok, *history.baselines], default=None)
@@ -102,6 +113,9 @@ class TPEProposer(Proposer):
         return cached
 
     def _new_study(self, history: History) -> _Cached:
+        optuna = _optuna()
+        from optuna.trial import create_trial
+
         sampler = optuna.samplers.TPESampler(n_startup_trials=self.n_startup_trials, multivariate=True)
         study = optuna.create_study(direction="minimize", sampler=sampler)
         if history.baselines:
@@ -129,6 +143,8 @@ class TPEProposer(Proposer):
         _reseed(cached.sampler, rng.randrange(2**31 - 1))
         trial = study.ask(distributions(history.task))
         params = dict(trial.params)
+        from optuna.trial import TrialState
+
         # the result comes back through the history (from whichever agent runs it), not this trial
         study.tell(trial, state=TrialState.FAIL)
         return history.task.validate_recipe(params)

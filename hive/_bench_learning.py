@@ -4,10 +4,11 @@ Per family, two phases:
 
 1. **Train.** ``hive up --task <family>/0-<K> --duration T`` in a temporary data directory (a
    campaign over the training instances, the distiller on; each instance gets ``budget``
-   experiments, deployers take new instances 100-899). When ``hive up`` refuses the campaign spec,
-   the same swarm runs through its supervisor directly (its agents take campaigns). Afterwards the hive's state is read
-   from its DuckDB file (the best recipe of every trained instance) and its latest published
-   model from its NATS Object Store (an embedded server restarted on the data directory).
+   experiments, deployers take new instances 100-899). When ``hive up`` refuses the campaign
+   spec, the same swarm runs through its supervisor directly (its agents take campaigns).
+   Afterwards the hive's state is read from its DuckDB file (the best recipe of every trained
+   instance) and its latest published model from its NATS Object Store (an embedded server
+   restarted on the data directory).
 2. **Evaluate, offline.** On held-out instances (indices 1000, 1001, ...) x seeds, an in-process
    study (:func:`agents.run_study`) per arm counts the trials until the best true (noise-free)
    loss reaches a normalised regret <= 0.05 (0 = the optimum, 1 = the baseline recipe), within

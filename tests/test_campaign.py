@@ -161,3 +161,68 @@ async def test_require_model_waits_for_the_first_model_then_proposes_with_it(nat
     (last,) = [e for e in stopped if isinstance(e, streams.AgentStopped)]
     assert "ModelRequired" in last.reason
     assert not [e for e in stopped if isinstance(e, streams.ExperimentStarted)]
+
+
+def test_proposer_reason_and_trajectories_through_the_materializer(tmp_path: Any) -> None:
+    """Traces applied by the materializer keep ``proposer_reason`` (None for an upcast v2 trace);
+    ``trajectories`` numbers each instance's trials from 1 in log order without the baseline,
+    with best-so-far and improvement; ``proposer_stats`` gives each proposer's share and
+    improvement rate per family; both are the same whatever the batching."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+    import orjson
+
+    from hive import apply_batch, open_store
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    plan = [("baseline", 5.0), ("mutation", 4.0), ("model-v1", 6.0), ("mutation", 3.0), ("tpe", 3.5)]
+    entries = []
+    for i, (proposer, objective) in enumerate(plan):
+        ev = streams.ExperimentFinished(
+            event_id=f"r-1/run-{i}/finish",
+            agent_id="r-1",
+            agent_type="researcher",
+            task="branin/2",
+            run_id=f"run-{i}",
+            recipe={"x1": float(i)},
+            seed=i,
+            budget=1.0,
+            cost_s=0.01,
+            status="ok",
+            objective=objective,
+            proposer=proposer,
+            proposer_reason=None if proposer == "baseline" else f"thompson pick {i}",
+            occurred_at=t0 + timedelta(seconds=i),
+        )
+        data = streams.encode(ev)
+        if i == 4:  # an old v2 trace: no reason
+            d = orjson.loads(data)
+            d.pop("proposer_reason")
+            data = orjson.dumps({**d, "schema_version": 2})
+        entries.append(streams.LogEntry(i + 1, streams.subject_for(ev), data, t0))
+    results = []
+    for size in (1, 5):
+        db = tmp_path / f"b{size}.duckdb"
+        con = open_store(db)
+        for j in range(0, len(entries), size):
+            apply_batch(con, entries[j : j + size])
+        con.close()
+        ro = duckdb.connect(str(db), read_only=True)
+        traj = ro.execute(
+            "SELECT trial, proposer, proposer_reason, best_so_far, improved FROM trajectories ORDER BY trial"
+        ).fetchall()
+        stats = ro.execute(
+            "SELECT proposer, experiments, share, improvement_rate FROM proposer_stats ORDER BY proposer"
+        ).fetchall()
+        ro.close()
+        results.append((traj, stats))
+    traj, stats = results[0]
+    assert results[0] == results[1]
+    assert traj == [
+        (1, "mutation", "thompson pick 1", 4.0, True),
+        (2, "model-v1", "thompson pick 2", 4.0, False),
+        (3, "mutation", "thompson pick 3", 3.0, True),
+        (4, "tpe", None, 3.0, False),
+    ]
+    assert stats == [("model-v1", 1, 0.25, 0.0), ("mutation", 2, 0.5, 1.0), ("tpe", 1, 0.25, 0.0)]

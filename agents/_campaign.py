@@ -24,10 +24,12 @@ from typing import Any
 import orjson
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+import streams
+
 from ._backoff import Backoff, is_transient, retry_transient
 from ._task import load_task
 
-CAMPAIGN_BUCKET = "hive_campaigns"
+CAMPAIGN_BUCKET = streams.CAMPAIGN_BUCKET
 """KV bucket of per-instance experiment counters (no TTL: a spent budget stays spent)."""
 MAX_INSTANCES = 10_000
 """Upper bound of the instances one spec may name."""

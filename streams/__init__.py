@@ -5,6 +5,7 @@ Imports nothing else of hive's. The public surface is ``__all__``.
 
 from ._artifacts import ArtifactError, ModelPointer, ModelStore, SignedPointer, accept_pointer, object_names
 from ._auth import (
+    CAMPAIGN_BUCKET,
     CLAIM_TTL_S,
     ENV_CREDENTIALS,
     ENV_POOL,
@@ -98,6 +99,7 @@ from ._subjects import (
 )
 
 __all__ = [
+    "CAMPAIGN_BUCKET",
     "CLAIM_TTL_S",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_TIMEOUT_S",

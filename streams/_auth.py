@@ -66,6 +66,8 @@ RUN_CLAIMS_BUCKET = "hive_run_claims"
 """KV bucket where agents claim (task, recipe) runs (``agents._claims``; any agent writes any key)."""
 RUN_CLAIM_TTL_S = 3600.0
 """TTL of run claims (must match ``agents._claims.CLAIM_TTL_S``)."""
+CAMPAIGN_BUCKET = "hive_campaigns"
+"""KV bucket of campaign budgets: experiments used per task instance (``agents._campaign``; CAS counters)."""
 BCRYPT_ROUNDS = 11
 """bcrypt cost of the server-side password hashes (the ``nats server passwd`` default)."""
 AUTH_FILE = "auth.conf"
@@ -80,6 +82,7 @@ _OBJ_STREAM = f"OBJ_{MODEL_BUCKET}"
 _PTR_STREAM = f"KV_{POINTER_BUCKET}"
 _CLAIMS_STREAM = f"KV_{CLAIMS_BUCKET}"
 _RUN_CLAIMS_STREAM = f"KV_{RUN_CLAIMS_BUCKET}"
+_CAMPAIGN_STREAM = f"KV_{CAMPAIGN_BUCKET}"
 _API = "$JS.API"
 
 
@@ -195,6 +198,8 @@ def materializer_permissions() -> Permissions:
             *_get_stream(_CLAIMS_STREAM),
             *_manage_stream(_RUN_CLAIMS_STREAM),
             *_get_stream(_RUN_CLAIMS_STREAM),
+            *_manage_stream(_CAMPAIGN_STREAM),
+            *_get_stream(_CAMPAIGN_STREAM),
             "hive.query.>",  # its own health check asks its own status
         ),
         subscribe=(f"{inbox_prefix_for('materializer')}.>", "hive.query.>"),
@@ -240,6 +245,8 @@ def agent_permissions(agent_type: str, agent_id: str) -> Permissions:
             f"$KV.{CLAIMS_BUCKET}.{agent_id}",
             *_get_stream(_RUN_CLAIMS_STREAM),  # no consumers either, same reason
             f"$KV.{RUN_CLAIMS_BUCKET}.>",
+            *_get_stream(_CAMPAIGN_STREAM),  # campaign budgets: compare-and-swap counters
+            f"$KV.{CAMPAIGN_BUCKET}.>",
         ),
         subscribe=(f"{inbox_prefix_for(agent_user(agent_id))}.>",),
     )
@@ -616,21 +623,23 @@ async def ensure_claims_bucket(js: Any, ttl_s: float = CLAIM_TTL_S) -> None:
 
 
 async def ensure_agent_buckets(js: Any) -> None:
-    """Create the buckets agents write but may not create: identity claims and run claims.
+    """Create the buckets agents write but may not create: identity claims, run claims, campaigns.
 
     The materializer calls this at start (after the stream); idempotent.
     """
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+    from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
     from ._connect import default_replicas
 
     await ensure_claims_bucket(js)
-    try:
-        await js.key_value(RUN_CLAIMS_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        await js.create_key_value(
-            bucket=RUN_CLAIMS_BUCKET, ttl=RUN_CLAIM_TTL_S, history=1, replicas=default_replicas(js._nc)
-        )
+    for bucket, ttl in ((RUN_CLAIMS_BUCKET, RUN_CLAIM_TTL_S), (CAMPAIGN_BUCKET, None)):
+        try:
+            await js.key_value(bucket)
+        except (BucketNotFoundError, NotFoundError):
+            with contextlib.suppress(BadRequestError):  # created concurrently by another process
+                await js.create_key_value(
+                    bucket=bucket, ttl=ttl, history=1, replicas=default_replicas(js._nc)
+                )
 
 
 @dataclass(frozen=True)

@@ -422,7 +422,8 @@ async def test_agent_publishes_own_traces_and_reads_models(
     server: streams.EmbeddedServer, creds: auth.CredentialSet
 ) -> None:
     """The agent's own trace and lifecycle publishes are acked and stored; it can read the model
-    object and the KV pointer the distiller wrote (get and watch), claim runs, and read HIVE."""
+    object and the KV pointer the distiller wrote (get and watch), claim runs, take campaign budget,
+    and read HIVE."""
     me, _ = _researchers(creds)
     before = await _count(server.url, creds)
     async with login(server.url, me) as a:
@@ -442,6 +443,10 @@ async def test_agent_publishes_own_traces_and_reads_models(
         await runs.create("run-key-1", me.agent_id.encode() if me.agent_id else b"")
         await runs.delete("run-key-1")
         await runs.create("run-key-1", b"again")  # re-create over the tombstone
+        from agents import Campaign  # campaign budgets: the CAS counters researchers share
+
+        camp = await Campaign(a.js, ["branin/0"], budget=3).open()
+        assert await camp.take("branin/0") and await camp.used("branin/0") == 1
         reader = await LogReader(a.nc, filter_subject="hive.traces.>").start()  # reactive agents
         try:
             assert await reader.fetch(100, timeout=1)

@@ -28,6 +28,7 @@ from streams import AgentHeartbeat, AgentStarted, AgentStopped, DecodeError, Eve
 
 from ._agent import Agent
 from ._backoff import Backoff, retry_transient
+from ._heartbeat import heartbeat_file, touch_heartbeat
 from ._read_model import SwarmView
 
 log = structlog.get_logger("agents.runtime")
@@ -115,6 +116,8 @@ class AgentRuntime:
         # agents of this process make, so a restarted agent never reuses an id of an earlier run
         # (the stream would drop such an event as a duplicate within its dedupe window).
         self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.heartbeat_file = heartbeat_file()
+        """Touched at every heartbeat (``$HIVE_HEARTBEAT_FILE``; None: no file)."""
 
     def stop(self) -> None:
         """Ask every agent to finish its current step and stop."""
@@ -320,6 +323,7 @@ class AgentRuntime:
                     ),
                     patience_s=0.0,
                 )
+            touch_heartbeat(self.heartbeat_file)  # the container health check reads its age
             await asyncio.sleep(agent.heartbeat_s)
 
 

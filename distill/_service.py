@@ -42,6 +42,7 @@ import structlog
 import torch
 
 import streams
+from agents._heartbeat import heartbeat_file, touch_heartbeat
 
 from . import _hf
 from ._byte_model import Policy, PolicyConfig
@@ -66,6 +67,13 @@ CUDA_BATCH_SIZE = 128
 """Training batch size on CUDA unless told otherwise."""
 CPU_BATCH_SIZE = 16
 """Training batch size on CPU unless told otherwise."""
+HISTORY_CUDA_BATCH_SIZE = 256
+"""The history backend's training batch size on CUDA unless told otherwise."""
+HISTORY_CPU_BATCH_SIZE = 64
+"""The history backend's training batch size on CPU unless told otherwise."""
+HEARTBEAT_EVERY_S = 5.0
+"""How often the distiller touches its heartbeat file (``$HIVE_HEARTBEAT_FILE``) while its event
+loop runs, a generation in progress included."""
 
 
 def resolve(
@@ -218,6 +226,7 @@ class Distiller:
         self.last_through = 0
         self.generations: list[dict[str, Any]] = []
         self.nc: Any = None
+        self.heartbeat_file = heartbeat_file()
 
     def stop(self) -> None:
         """Finish the generation in hand and return."""
@@ -227,10 +236,17 @@ class Distiller:
         """Whether it is connected to NATS (before that a stop may cancel :meth:`run` outright)."""
         return self.nc is not None and bool(self.nc.is_connected)
 
+    async def _heartbeats(self) -> None:
+        """Touch the heartbeat file every :data:`HEARTBEAT_EVERY_S` while the event loop runs."""
+        while True:
+            touch_heartbeat(self.heartbeat_file)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
     async def run(self) -> list[dict[str, Any]]:
         """Connect, load the current champion, and run generations when enough traces arrive."""
         nc = await streams.connect(self.cfg.nats_url, name="hive-distiller", **self.cfg.connect_options)
         self.nc = nc
+        beats = asyncio.create_task(self._heartbeats()) if self.heartbeat_file else None
         try:
             js = nc.jetstream()
             await streams.ensure_stream(js)
@@ -251,6 +267,10 @@ class Distiller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 2.0)
         finally:
+            if beats is not None:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
             await nc.close()
         return self.generations
 

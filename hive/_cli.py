@@ -22,9 +22,13 @@ from ._output import FORMATS, render
 from ._query import QueryError, QueryResult, remote_query, run_with_deadline
 from ._signals import until_signal
 from ._store import DatabaseLocked, connect_db, snapshot_path_for
+from ._supervisor import UpConfig
 
 T = TypeVar("T")
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
+UP_STOP_GRACE_S = 150.0
+"""After a stop signal, how long ``hive up`` may take to stop its children in order before it is
+cancelled (each group of children gets 30 s, then SIGKILL)."""
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -519,25 +523,29 @@ def bench_learning(
         click.echo(f"wrote {Path(out) / 'learning.json'} and {Path(out) / 'learning.png'}", err=True)
 
 
+_UP = UpConfig()
+"""``hive up``'s defaults are the supervisor's own (the help shows them)."""
+
+
 @cli.command()
 @click.option(
     "--agents",
     "n_agents",
-    default=4,
+    default=_UP.agents,
     show_default=True,
     type=click.IntRange(0, 512),
     help="Agents to run (types assigned round-robin).",
 )
 @click.option(
     "--types",
-    default="researcher,deployer,analyst",
+    default=",".join(_UP.types),
     show_default=True,
     help="Comma-separated agent types (names or module:Class).",
 )
-@click.option("--task", default="hartmann6/0", show_default=True, help="Task instance the agents work on.")
+@click.option("--task", default=_UP.task, show_default=True, help="Task instance the agents work on.")
 @click.option(
     "--duration",
-    default=120.0,
+    default=_UP.duration_s,
     show_default=True,
     type=click.FloatRange(0),
     help="Seconds to run; 0 = until Ctrl-C.",
@@ -545,35 +553,36 @@ def bench_learning(
 @click.option(
     "--data",
     "data_dir",
-    default="./hive-data",
+    default=str(_UP.data_dir),
     show_default=True,
     type=click.Path(file_okay=False),
-    help="State directory: NATS store, DuckDB file, logs.",
+    help="State directory: NATS store, DuckDB file, logs, nats.url and nats.monitor (for `hive "
+    "status`), plots/ at the end.",
 )
 @click.option(
     "--nats", "url", default=None, help="Use this NATS server instead of starting the embedded one."
 )
 @click.option(
     "--port",
-    default=4222,
+    default=_UP.port,
     show_default=True,
     type=click.IntRange(0, 65535),
     help="Embedded server port (0 = any free port).",
 )
 @click.option(
     "--http-port",
-    default=8222,
+    default=_UP.http_port,
     show_default=True,
     type=click.IntRange(0, 65535),
-    help="Embedded server monitoring port.",
+    help="Embedded server monitoring port (0 = any free port; recorded in DATA/nats.monitor).",
 )
-@click.option("--distill/--no-distill", default=True, show_default=True, help="Run the distiller.")
+@click.option("--distill/--no-distill", default=_UP.distill, show_default=True, help="Run the distiller.")
 @click.option(
     "--distill-every",
-    default=200,
+    default=_UP.distill_every_traces,
     show_default=True,
     type=click.IntRange(1),
-    help="Distill after this many new traces.",
+    help="Start a distillation round after this many new successful traces.",
 )
 @click.option(
     "--secure",
@@ -584,7 +593,7 @@ def bench_learning(
 @click.option(
     "--cluster",
     "nodes",
-    default=1,
+    default=_UP.cluster,
     show_default=True,
     type=click.IntRange(1, 9),
     help="Embedded NATS as a JetStream cluster of N nats-server processes on loopback (ports PORT, "
@@ -593,7 +602,7 @@ def bench_learning(
 @click.option(
     "--sync",
     "durability",
-    default="default",
+    default=_UP.durability,
     show_default=True,
     callback=_durability_option,
     help="Embedded NATS fsync policy: 'default' (every 2 min), 'always' (before each ack) or an "
@@ -616,12 +625,13 @@ def up(
 ) -> None:
     """Run the whole swarm on this machine with live progress; state stays in --data.
 
-    With --secure, log in from outside with HIVE_NATS_CREDENTIALS=DATA/credentials/admin.json
-    and the URL in DATA/nats.url.
+    At the end it prints the final state (after the agents stopped) and writes the plots into
+    DATA/plots. With --secure, log in from outside with
+    HIVE_NATS_CREDENTIALS=DATA/credentials/admin.json and the URL in DATA/nats.url.
     """
     from agents import load_agent_type, load_task
 
-    from ._supervisor import Swarm, UpConfig
+    from ._supervisor import Swarm
 
     type_list = [t.strip() for t in types.split(",") if t.strip()]
     try:
@@ -655,16 +665,22 @@ def up(
         cluster=nodes,
         durability=durability,
     )
-    _run(Swarm(cfg).run())
+    swarm = Swarm(cfg)
+    # A signal while connecting cancels at once; after that the swarm stops in order (agents, their
+    # last events applied, the distiller, the materializer, the server), which may take a while.
+    done = _run(until_signal(swarm.run, swarm.stop, started=swarm.started, grace_s=UP_STOP_GRACE_S))
+    if done is None and not swarm.connected:
+        click.echo("hive up stopped before it was connected to NATS", err=True)
 
 
 from ._agent_cli import agent  # noqa: E402
 from ._credentials_cli import credentials  # noqa: E402
 from ._distill_cli import distill, keys, model  # noqa: E402
 from ._export_cli import export  # noqa: E402
+from ._health_cli import health  # noqa: E402
 from ._plot_cli import plot  # noqa: E402
 
-for _command in (agent, credentials, distill, export, keys, model, plot):
+for _command in (agent, credentials, distill, export, health, keys, model, plot):
     cli.add_command(_command)
 
 

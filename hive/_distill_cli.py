@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,47 @@ import orjson
 import streams
 
 from ._oneshot import connect_once
+from ._signals import until_signal
 
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
+STOP_GRACE_S = 60.0
+"""After a stop signal, how long a connected distiller may take to finish (training stops at its
+next step; scoring and publishing finish) before it is cancelled."""
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is made when help is shown (``help_factory``): it may quote
+    constants of a module too heavy to import for every command (``distill`` imports torch)."""
+
+    def __init__(self, *args: Any, help_factory: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_factory = help_factory
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        """The help line, with the help text made now."""
+        if self.help_factory is not None:
+            self.help = self.help_factory()
+        return super().get_help_record(ctx)
+
+
+def _steps_help() -> str:
+    from distill._service import CPU_STEPS, CUDA_STEPS
+
+    return f"Training steps per candidate (default {CUDA_STEPS} on CUDA, {CPU_STEPS} on CPU)."
+
+
+def _batch_help() -> str:
+    from distill._service import (
+        CPU_BATCH_SIZE,
+        CUDA_BATCH_SIZE,
+        HISTORY_CPU_BATCH_SIZE,
+        HISTORY_CUDA_BATCH_SIZE,
+    )
+
+    return (
+        f"Training batch size (default {HISTORY_CUDA_BATCH_SIZE} on CUDA, {HISTORY_CPU_BATCH_SIZE} on "
+        f"CPU for --backend history; {CUDA_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU for byte and hf)."
+    )
 
 
 def _default_key() -> str:
@@ -46,13 +86,10 @@ def _check_key(key: str) -> None:
     help="Start a generation after this many new successful traces.",
 )
 @click.option("--every-seconds", default=None, type=click.FloatRange(1), help="…or after this many seconds.")
+@click.option("--steps", default=None, type=click.IntRange(1), cls=LazyHelpOption, help_factory=_steps_help)
 @click.option(
-    "--steps",
-    default=None,
-    type=click.IntRange(1),
-    help="Training steps per candidate (default 600 on CUDA, 120 on CPU).",
+    "--batch-size", default=None, type=click.IntRange(1), cls=LazyHelpOption, help_factory=_batch_help
 )
-@click.option("--batch-size", default=None, type=click.IntRange(1), help="Default 128 on CUDA, 16 on CPU.")
 @click.option(
     "--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: CUDA when present."
 )
@@ -154,20 +191,18 @@ def distill(
     except (_hf.MissingExtra, _hf.BaseModelError) as e:
         raise click.ClickException(str(e)) from None
 
-    async def go() -> list[dict[str, Any]]:
-        import signal
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, d.stop)
-        return await d.run()
-
     try:
-        reports = asyncio.run(go())
+        # a stop signal while still connecting cancels at once; once connected it finishes in order
+        reports = asyncio.run(until_signal(d.run, d.stop, started=d.connected, grace_s=STOP_GRACE_S))
     except streams.QueryError as e:
         raise click.ClickException(f"{e} (the distiller reads traces through the query service)") from None
     except (_hf.MissingExtra, _hf.BaseModelError) as e:
         raise click.ClickException(str(e)) from None
+    if reports is None:
+        click.echo(
+            "distiller stopped" + ("" if d.nc is not None else " before it was connected to NATS"), err=True
+        )
+        return
     if once:
         click.echo(orjson.dumps(reports[-1] if reports else {}, option=orjson.OPT_INDENT_2).decode())
 

@@ -84,6 +84,27 @@ _CREDENTIAL_ENV = (
     "HIVE_NATS_TLS_CA",
 )
 """Login settings a ``--secure`` child must not inherit from the supervisor's environment."""
+SIGNING_KEY_ENV = "HIVE_SIGNING_KEY"
+"""The model-signing key's path: only the distiller may inherit it (it is given ``--key`` anyway)."""
+MONITOR_FILE = "nats.monitor"
+"""``<data>/nats.monitor``: the monitoring URL(s) of the embedded server, one a line, beside
+``nats.url`` (``hive status`` reads the durability setting there)."""
+STOP_WAIT_S = 30.0
+"""How long a stopping child gets after SIGTERM before SIGKILL."""
+CATCH_UP_S = 20.0
+"""How long the final summary waits for the materializer to apply the agents' last events."""
+
+
+def write_endpoints(data_dir: Path, url: str, monitor_urls: list[str] | None) -> None:
+    """Record where a server of this state directory listens: ``nats.url`` (its client URL(s)) and
+    ``nats.monitor`` (its monitoring URL(s), one a line; removed when unknown)."""
+    data_dir = Path(data_dir)
+    (data_dir / "nats.url").write_text(url + "\n")
+    monitor = data_dir / MONITOR_FILE
+    if monitor_urls:
+        monitor.write_text("".join(f"{u}\n" for u in monitor_urls))
+    else:
+        monitor.unlink(missing_ok=True)
 
 
 def _lower_priority(nice: int) -> None:
@@ -128,10 +149,20 @@ class Swarm:
         self.logs = cfg.data_dir / "logs"
         self.creds_dir = credentials_dir(cfg.data_dir)
         self.creds: _auth.CredentialSet | None = None
+        self._connecting = False
+        self.connected = False
+        """Whether it has connected to NATS (a run cancelled before that started nothing but a server)."""
+        self.plots: list[Path] = []
+        """The PNGs written into ``<data>/plots`` at the end (empty if they could not be drawn)."""
 
     def stop(self) -> None:
         """Ask the swarm to stop (agents first, then the distiller, materializer and server)."""
         self._stop.set()
+
+    def started(self) -> bool:
+        """False while connecting to NATS (a stop signal may then cancel :meth:`run` outright:
+        nothing is running yet); True otherwise, when a stop must go through :meth:`stop`."""
+        return not self._connecting
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None, nice: int = 0) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -140,6 +171,8 @@ class Swarm:
         if self.cfg.secure:  # exactly the role's login, nothing inherited
             for k in _CREDENTIAL_ENV:
                 base.pop(k, None)
+        if name != "distiller":  # the signing key is the distiller's alone
+            base.pop(SIGNING_KEY_ENV, None)
         env = {**base, "HIVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "hive", *args],
@@ -212,7 +245,8 @@ class Swarm:
                     cpub.write_bytes(lpub.read_bytes())
             priv, pub, _ = ensure_signing_keys(self.creds_dir)
             return priv, pub
-        legacy.mkdir(parents=True, exist_ok=True)
+        legacy.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(legacy, 0o700)  # it holds the private key (0600): not listable by others either
         priv, pub, _ = ensure_signing_keys(legacy)
         return priv, pub
 
@@ -234,13 +268,16 @@ class Swarm:
         return {_auth.ENV_CREDENTIALS: str(_auth.credentials_file(self.creds_dir, role))}
 
     async def run(self) -> dict[str, Any]:
-        """Start everything, show progress until stopped, stop everything; returns the last progress."""
+        """Start everything, show progress until stopped, stop everything; returns the final
+        progress, read after the agents stopped and the materializer applied their last events.
+
+        Signals are the caller's: the CLI runs this under :func:`hive._signals.until_signal` with
+        :meth:`stop` and :meth:`started` (a cancel while connecting still stops what was started).
+        At the end the plots are written into ``<data>/plots`` (:attr:`plots`).
+        """
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        last: dict[str, Any] = {}
+        final: dict[str, Any] = {}
         if cfg.secure and cfg.nats_url:
             raise ValueError("--secure starts its own server; it cannot be combined with --nats")
         try:
@@ -257,70 +294,151 @@ class Swarm:
             if not self.url:
                 self.server = await asyncio.to_thread(self._start_server, extra_config)
                 self.url = self.server.url
-            (cfg.data_dir / "nats.url").write_text(self.url + "\n")
-            nc = await streams.connect(self.url, name="hive-up", **admin)
-            await streams.ensure_stream(nc.jetstream())
-            self._spawn(
-                "materializer",
-                "materialize",
-                "--nats",
-                self.url,
-                "--db",
-                str(cfg.data_dir / "hive.duckdb"),
-                env=self._role_env("materializer"),
-            )
-            if cfg.distill:
-                self._spawn(
-                    "distiller",
-                    "distill",
-                    "--nats",
-                    self.url,
-                    "--every-traces",
-                    str(cfg.distill_every_traces),
-                    "--key",
-                    str(keys[0]),
-                    env={**self._role_env("distiller"), **self.distiller_threads()},
-                )
-            for agent_type, agent_id in self.agent_plan():
-                ident = [] if cfg.secure else ["--id", agent_id]  # secure: claimed from the pool
-                self._spawn(
-                    agent_id,
-                    "agent",
-                    "run",
-                    agent_type,
-                    "--nats",
-                    self.url,
-                    "--task",
-                    cfg.task,
-                    *ident,
-                    "--pubkey",
-                    str(keys[1]),
-                    *cfg.extra_agent_args,
-                    env=self._role_env("agent", agent_type),
-                    nice=cfg.agent_nice,
-                )
-            self.console.print(
-                f"[bold]hive up[/bold]: NATS {self.url}"
-                + (f" ({cfg.cluster}-node cluster)" if self._clustered() else "")
-                + (f" (sync {cfg.durability})" if self.server and cfg.durability != "default" else "")
-                + (f" (auth on, credentials in {self.creds_dir})" if cfg.secure else "")
-                + f", state in {cfg.data_dir}, {cfg.agents} agents "
-                f"({', '.join(cfg.types)}) on {cfg.task}"
-                + (f", stopping after {cfg.duration_s:g}s" if cfg.duration_s else ", Ctrl-C to stop")
-            )
-            if cfg.secure:
-                self.console.print(
-                    f"  log in as admin: HIVE_NATS_URL={self.url} {_auth.ENV_CREDENTIALS}="
-                    f'{_auth.credentials_file(self.creds_dir, "admin")} hive query "..."'
-                )
-            last = await self._progress(nc)
-            await nc.close()
+            write_endpoints(cfg.data_dir, self.url, self._monitor_urls())
+            self._connecting = True
+            try:
+                nc = await streams.connect(self.url, name="hive-up", **admin)
+                self.connected = True
+            finally:
+                self._connecting = False
+            try:
+                if not self._stop.is_set():
+                    await streams.ensure_stream(nc.jetstream())
+                    self._spawn_all(keys)
+                    last = await self._progress(nc)
+                    await self._stop_agents()
+                    final = await self._final(nc, last)
+            finally:
+                await nc.close()
         except PermissionError as e:  # a read-only state directory: say so, not "cannot reach NATS"
             where = e.filename or cfg.data_dir
             raise streams.ServerError(f"permission denied: cannot write {where}") from None
         finally:
             self._shutdown()
+        if final:
+            self.console.print(_render(final))
+            self.console.print(f"hive up: final: {_line(final)}; {_agents_line(final)}", soft_wrap=True)
+        self._write_plots()
+        return final
+
+    def _monitor_urls(self) -> list[str] | None:
+        """The embedded server's monitoring URL(s) (None for a server of the user's: unknown)."""
+        if isinstance(self.server, streams.EmbeddedCluster):
+            return [u for u in self.server.http_urls if u]
+        if self.server is not None and self.server.http_url:
+            return [self.server.http_url]
+        return None
+
+    def _spawn_all(self, keys: tuple[Path, Path]) -> None:
+        """Start the materializer, the distiller and the agents, and say what runs."""
+        cfg = self.cfg
+        self._spawn(
+            "materializer",
+            "materialize",
+            "--nats",
+            self.url,
+            "--db",
+            str(cfg.data_dir / "hive.duckdb"),
+            env=self._role_env("materializer"),
+        )
+        if cfg.distill:
+            self._spawn(
+                "distiller",
+                "distill",
+                "--nats",
+                self.url,
+                "--every-traces",
+                str(cfg.distill_every_traces),
+                "--key",
+                str(keys[0]),
+                env={**self._role_env("distiller"), **self.distiller_threads()},
+            )
+        for agent_type, agent_id in self.agent_plan():
+            ident = [] if cfg.secure else ["--id", agent_id]  # secure: claimed from the pool
+            self._spawn(
+                agent_id,
+                "agent",
+                "run",
+                agent_type,
+                "--nats",
+                self.url,
+                "--task",
+                cfg.task,
+                *ident,
+                "--pubkey",
+                str(keys[1]),
+                *cfg.extra_agent_args,
+                env=self._role_env("agent", agent_type),
+                nice=cfg.agent_nice,
+            )
+        self.console.print(
+            f"[bold]hive up[/bold]: NATS {self.url}"
+            + (f" ({cfg.cluster}-node cluster)" if self._clustered() else "")
+            + (f" (sync {cfg.durability})" if self.server and cfg.durability != "default" else "")
+            + (f" (auth on, credentials in {self.creds_dir})" if cfg.secure else "")
+            + f", state in {cfg.data_dir}, {cfg.agents} agents "
+            f"({', '.join(cfg.types)}) on {cfg.task}"
+            + (f", stopping after {cfg.duration_s:g}s" if cfg.duration_s else ", Ctrl-C to stop")
+        )
+        if cfg.secure:
+            self.console.print(
+                f"  log in as admin: HIVE_NATS_URL={self.url} {_auth.ENV_CREDENTIALS}="
+                f'{_auth.credentials_file(self.creds_dir, "admin")} hive query "..."'
+            )
+
+    def _agent_names(self) -> list[str]:
+        return [n for n in self.procs if n not in ("materializer", "distiller")]
+
+    async def _stop_agents(self) -> None:
+        """SIGTERM every agent and wait (without blocking the loop) until each has exited and so
+        published its ``AgentStopped``; SIGKILL one that outlives :data:`STOP_WAIT_S`."""
+        agents = [self.procs[n] for n in self._agent_names()]
+        for p in agents:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(p.poll() is None for p in agents) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for p in agents:
+            if p.poll() is None:
+                p.kill()
+
+    async def _final(self, nc: Any, last: dict[str, Any]) -> dict[str, Any]:
+        """The progress once the materializer has applied everything in the log (the agents'
+        ``AgentStopped`` included), or after :data:`CATCH_UP_S`; ``last`` if it cannot be read."""
+        import orjson
+
+        mat = self.procs.get("materializer")
+        deadline = time.monotonic() + CATCH_UP_S
+        while mat is not None and mat.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                info = await nc.jetstream().stream_info(streams.STREAM)
+                reply = await nc.request(streams.STATUS_SUBJECT, b"{}", timeout=2)
+                if orjson.loads(reply.data)["applied_seq"] >= info.state.last_seq:
+                    break
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(Exception):
+            return await self._snapshot(nc, last.get("elapsed_s", 0.0))
         return last
+
+    def _write_plots(self) -> None:
+        """Draw the PNGs of :mod:`hive._plot` from the stopped hive's database into ``<data>/plots``
+        and print their paths (a failure is one line, never the end of the run)."""
+        from ._plot import write_plots
+
+        db = self.cfg.data_dir / "hive.duckdb"
+        if not db.exists():
+            return
+        mat = self.procs.get("materializer")
+        if mat is not None and mat.poll() is None:  # still owns the file (it would not stop)
+            return
+        try:
+            self.plots = write_plots(db, self.cfg.data_dir / "plots")
+        except Exception as e:
+            log.warning("plots_failed", error=str(e) or type(e).__name__)
+            self.console.print(f"hive up: no plots ({type(e).__name__}: {e})")
+            return
+        self.console.print("hive up: plots " + ", ".join(str(p) for p in self.plots), soft_wrap=True)
 
     def _clustered(self) -> bool:
         return isinstance(self.server, streams.EmbeddedCluster)
@@ -374,8 +492,6 @@ class Swarm:
                     printed = elapsed
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
-        if last and live is None:
-            self.console.print(_render(last))
         return last
 
     async def _snapshot(self, nc: Any, elapsed: float) -> dict[str, Any]:
@@ -390,10 +506,8 @@ class Swarm:
         return out
 
     def _shutdown(self) -> None:
-        order = [n for n in self.procs if n not in ("materializer", "distiller")] + [
-            "distiller",
-            "materializer",
-        ]
+        """Stop whatever still runs: agents, then the distiller, the materializer and the server."""
+        order = [*self._agent_names(), "distiller", "materializer"]
         for group in (order[:-2], order[-2:-1], order[-1:]):
             for name in group:
                 p = self.procs.get(name)
@@ -404,7 +518,7 @@ class Swarm:
                 if p is None:
                     continue
                 try:
-                    p.wait(30)
+                    p.wait(STOP_WAIT_S)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
@@ -428,6 +542,14 @@ def _line(p: dict[str, Any]) -> str:
     )
 
 
+def _agents_line(p: dict[str, Any]) -> str:
+    alive = {k: v for k, v in p["agents"]}
+    return (
+        f"agents: {alive.get('alive', 0)} alive, {alive.get('dead', 0)} dead, "
+        f"{alive.get('stopped', 0)} stopped; abandoned experiments: {p['abandoned'][0][0]}"
+    )
+
+
 def _render(p: dict[str, Any]) -> Table:
     t = Table(title=_line(p), show_header=True, header_style="bold")
     t.add_column("task")
@@ -435,9 +557,5 @@ def _render(p: dict[str, Any]) -> Table:
     t.add_column("baseline (mean)", justify="right")
     for task, best, base in p["best"]:
         t.add_row(task, f"{best:.4g}", "" if base is None else f"{base:.4g}")
-    alive = {k: v for k, v in p["agents"]}
-    t.caption = (
-        f"agents: {alive.get('alive', 0)} alive, {alive.get('dead', 0)} dead, "
-        f"{alive.get('stopped', 0)} stopped; abandoned experiments: {p['abandoned'][0][0]}"
-    )
+    t.caption = _agents_line(p)
     return t

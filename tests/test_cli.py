@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,73 @@ def test_bench_ingest_prints_json_figures() -> None:
     for key in ("raw_publish_per_s", "hive_publish_per_s", "end_to_end_per_s", "ratio", "rebuild_per_s"):
         assert r[key] > 0
     assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+
+
+# --------------------------------------------------------------------------- stopping while connecting
+def _closed_port_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"nats://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("up", signal.SIGTERM), ("up", signal.SIGINT), ("distill", signal.SIGTERM), ("distill", signal.SIGINT)],
+)
+async def test_up_and_distill_obey_signals_while_connecting(
+    command: str, sig: signal.Signals, spawn: Any, tmp_path: Path
+) -> None:
+    """`hive up --nats URL` and `hive distill --nats URL` against an unreachable server exit within
+    5 s of SIGTERM or SIGINT, without a traceback (they kept retrying the connect)."""
+    url = _closed_port_url()
+    if command == "up":
+        args = ["up", "--nats", url, "--data", str(tmp_path / "data"), "--agents", "1", "--no-distill"]
+    else:
+        priv, _ = streams.generate_keys(tmp_path / "keys")
+        args = ["distill", "--nats", url, "--key", str(priv)]
+    p = spawn(*args, env={"HIVE_LOG_LEVEL": "info"})
+    await wait_for(
+        lambda: "Connect call failed" in p.output(), timeout=90, what=f"a connect attempt: {p.output()}"
+    )
+    t0 = time.monotonic()
+    p.p.send_signal(sig)
+    try:
+        await asyncio.to_thread(p.p.wait, 5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hive {command} still running 5 s after {sig.name}")
+    assert time.monotonic() - t0 <= 5
+    assert "Traceback" not in p.output(), p.output()[-3000:]
+
+
+# --------------------------------------------------------------------------- help texts
+def test_help_defaults_come_from_the_code() -> None:
+    """The defaults `hive distill --help` and `hive up --help` state are the ones the code uses
+    (`--steps` said 120 on CPU while the distiller trained 300)."""
+    from distill import _service as svc
+    from hive._supervisor import UpConfig
+
+    out = run_hive("distill", "--help")
+    text = " ".join(out.stdout.split())
+    assert f"default {svc.CUDA_STEPS} on CUDA, {svc.CPU_STEPS} on CPU" in text, text
+    cuda, cpu = svc.HISTORY_CUDA_BATCH_SIZE, svc.HISTORY_CPU_BATCH_SIZE
+    history = f"default {cuda} on CUDA, {cpu} on CPU for --backend history"
+    assert history in text, text
+    assert f"{svc.CUDA_BATCH_SIZE} on CUDA, {svc.CPU_BATCH_SIZE} on CPU for byte and hf" in text, text
+    cfg = svc.DistillConfig(nats_url="", key_path="")
+    assert f"[default: {cfg.every_traces}; x>=1]" in text and f"[default: {cfg.min_examples}; x>=1]" in text
+    out = run_hive("up", "--help")
+    text = " ".join(out.stdout.split())
+    up = UpConfig()
+    for option, value in [
+        ("--agents", up.agents),
+        ("--task", up.task),
+        ("--duration", up.duration_s),
+        ("--distill-every", up.distill_every_traces),
+        ("--http-port", up.http_port),
+    ]:
+        after = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert f"default: {value}" in after, (option, after)
+    assert "new successful traces" in text

@@ -212,6 +212,11 @@ class Distiller:
     def __init__(self, cfg: DistillConfig) -> None:
         if cfg.backend not in (BACKEND, "byte", "hf"):
             raise ValueError(f"unknown backend {cfg.backend!r} ({BACKEND}, byte, hf)")
+        if cfg.backend == BACKEND:  # a bad --model fails now, not at the first generation
+            try:
+                HistoryConfig(**cfg.model)
+            except TypeError as e:
+                raise ValueError(f"--model: {e}") from None
         if cfg.backend == "hf":  # fail now, not at the first generation
             _hf.require_extra()
             if not cfg.hf_model:
@@ -510,8 +515,12 @@ class Distiller:
 
         device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
         cuda = device.type == "cuda"
-        steps = self.cfg.steps if self.cfg.steps is not None else (1000 if cuda else 300)
-        batch_size = self.cfg.batch_size if self.cfg.batch_size is not None else (256 if cuda else 64)
+        steps = self.cfg.steps if self.cfg.steps is not None else (CUDA_STEPS if cuda else CPU_STEPS)
+        batch_size = (
+            self.cfg.batch_size
+            if self.cfg.batch_size is not None
+            else (HISTORY_CUDA_BATCH_SIZE if cuda else HISTORY_CPU_BATCH_SIZE)
+        )
         model_cfg = HistoryConfig(**self.cfg.model)
         champion = self.champion if isinstance(self.champion, HistoryModel) else None
         candidates: list[tuple[float, str, HistoryModel, dict[str, Any]]] = []

@@ -58,6 +58,17 @@ def _batch_help() -> str:
     )
 
 
+def _gate_config(spec: str) -> Any:
+    """``--gate INSTANCESxSEEDSxTRIALS`` as a :class:`distill.GateConfig`."""
+    from distill import GateConfig
+
+    try:
+        instances, seeds, trials = (int(x) for x in spec.lower().split("x"))
+        return GateConfig(instances=instances, seeds=seeds, trials=trials)
+    except ValueError:
+        raise click.BadParameter("use INSTANCESxSEEDSxTRIALS, e.g. 3x2x40", param_hint="--gate") from None
+
+
 def _default_key() -> str:
     return os.environ.get("HIVE_SIGNING_KEY", "./hive-data/keys/distiller.key")
 
@@ -102,7 +113,8 @@ def _check_key(key: str) -> None:
     "model_json",
     default="{}",
     show_default=True,
-    help="PolicyConfig for a model from the base, as JSON (default: the small CPU model on CPU).",
+    help="Config of a model from the base, as JSON: HistoryConfig (history) or PolicyConfig (byte; "
+    "default: the small CPU model on CPU).",
 )
 @click.option(
     "--modes",
@@ -112,10 +124,18 @@ def _check_key(key: str) -> None:
 )
 @click.option(
     "--backend",
-    default="byte",
+    default="history",
     show_default=True,
-    type=click.Choice(["byte", "hf"]),
-    help="byte: the small byte-level policy; hf: a LoRA adapter on a local causal LM (the hf extra).",
+    type=click.Choice(["history", "byte", "hf"]),
+    help="history: the model conditioned on each instance's trials (gated on simulated studies); "
+    "byte: the small byte-level policy; hf: a LoRA adapter on a local causal LM (the hf extra).",
+)
+@click.option(
+    "--gate",
+    "gate_spec",
+    default="3x2x40",
+    show_default=True,
+    help="history backend: the research-value gate's studies, INSTANCESxSEEDSxTRIALS.",
 )
 @click.option(
     "--hf-model",
@@ -151,6 +171,7 @@ def distill(
     lora_r: int,
     lora_targets: str | None,
     hf_lr: float,
+    gate_spec: str,
 ) -> None:
     """Distil pooled successful traces into the shared model and push it to every agent."""
     _check_key(key)
@@ -185,6 +206,7 @@ def distill(
         hf_model=hf_model,
         lora=_hf.LoraSettings(r=lora_r, target_modules=targets or None),
         hf_lr=hf_lr,
+        gate=_gate_config(gate_spec),
     )
     try:
         d = Distiller(cfg)

@@ -34,7 +34,7 @@ import structlog
 from pydantic import BaseModel
 
 from agents._proposer import History, MutationProposer, Proposer, ProposerUnavailable
-from agents._study import normalized_regret, run_study
+from agents._study import StudyResult, normalized_regret, run_study
 from agents._task import Task
 
 log = structlog.get_logger("distill.gate")
@@ -53,6 +53,10 @@ class GateConfig:
     trials: int = 40
     margin: float = 0.0
     """The candidate's AUC must be below the others' by more than this."""
+
+    def __post_init__(self) -> None:
+        if min(self.instances, self.seeds, self.trials) < 1 or self.margin < 0:
+            raise ValueError("the gate needs at least 1 instance, 1 seed and 1 trial, and a margin >= 0")
 
 
 @dataclass
@@ -103,8 +107,9 @@ def gate_tasks(
     return out
 
 
-def study_auc(task: Task, proposer: Proposer, *, trials: int, seed: int) -> float:
-    """Mean normalised regret of the best-so-far over one simulated study of ``proposer`` on ``task``.
+def run_arm(task: Task, proposer: Proposer, *, trials: int, seed: int) -> tuple[StudyResult, float]:
+    """One simulated study of ``proposer`` on ``task`` and its regret AUC: the mean normalised regret
+    of the best-so-far true objective over the trials (``nan`` if the task has no true objective).
 
     A proposer that cannot propose (:class:`ProposerUnavailable`) is replaced by mutation for that
     trial, as a researcher's portfolio would."""
@@ -117,11 +122,18 @@ def study_auc(task: Task, proposer: Proposer, *, trials: int, seed: int) -> floa
             return fallback.propose(history, rng), fallback.name
 
     result = run_study(task, propose, trials=trials, seed=seed)
+    if not has_truth(task):
+        return result, math.nan
     regrets = [
         REGRET_CAP if v is None else min(REGRET_CAP, max(0.0, normalized_regret(task, v)))
         for v in result.best_so_far()
     ]
-    return statistics.fmean(regrets) if regrets else REGRET_CAP
+    return result, statistics.fmean(regrets) if regrets else REGRET_CAP
+
+
+def study_auc(task: Task, proposer: Proposer, *, trials: int, seed: int) -> float:
+    """The regret AUC of one simulated study (see :func:`run_arm`)."""
+    return run_arm(task, proposer, trials=trials, seed=seed)[1]
 
 
 def arm_auc(tasks: Sequence[Task], proposer: Proposer, cfg: GateConfig) -> list[float]:

@@ -388,3 +388,182 @@ def _obs_sha(info: Any) -> str:
 
     digest = (info.digest or "").split("=", 1)[-1]
     return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
+
+
+def _model_source(
+    version: int, weights: str | None, meta: str | None, url: str, name: str, pubkey: str | None
+) -> Any:
+    """The proposer of ``hive model sample|eval``: local files, or the store through a signed pointer."""
+    from . import _model_tools as tools
+
+    try:
+        if weights or meta:
+            if not (weights and meta):
+                raise click.BadParameter("give both --weights and --meta", param_hint="--weights/--meta")
+            return tools.load_local(weights, meta, version)
+        key = pubkey or os.environ.get("HIVE_MODEL_PUBKEY")
+        if not key:
+            raise click.BadParameter(
+                "the distiller's public key verifies a model fetched from the hive "
+                "(--pubkey FILE or env HIVE_MODEL_PUBKEY), or give --weights/--meta",
+                param_hint="--pubkey",
+            )
+        return asyncio.run(tools.load_from_store(url, name, version, key))
+    except (tools.ToolError, ValueError, streams.ArtifactError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _model_options(f: Any) -> Any:
+    """The options ``hive model sample`` and ``hive model eval`` share: where the model comes from."""
+    for option in reversed(
+        [
+            click.option(
+                "--weights", type=click.Path(exists=True, dir_okay=False), help="Local weights file."
+            ),
+            click.option("--meta", type=click.Path(exists=True, dir_okay=False), help="Its meta.json."),
+            click.option("--nats", "url", default=streams.default_url, help=NATS_HELP),
+            click.option("--name", default="policy", show_default=True),
+            click.option(
+                "--pubkey",
+                default=None,
+                help="Distiller public key (file or base64) that a fetched model's pointer must verify with "
+                "(env HIVE_MODEL_PUBKEY).",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="JSON instead of a table."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _load_task_ref(ref: str) -> Any:
+    from agents import load_task
+
+    try:
+        return load_task(ref)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--task") from None
+
+
+@model.command("sample")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--task", "task_ref", required=True, help="The instance to propose for, e.g. branin/17.")
+@click.option(
+    "--history",
+    "history_db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A DuckDB file (a snapshot, or a stopped hive's database) holding the instance's trials.",
+)
+@click.option("-n", "count", default=5, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_model_options
+def model_sample(
+    version: int,
+    task_ref: str,
+    history_db: str | None,
+    count: int,
+    seed: int,
+    weights: str | None,
+    meta: str | None,
+    url: str,
+    name: str,
+    pubkey: str | None,
+    as_json: bool,
+) -> None:
+    """Proposals of model VERSION for one instance, conditioned on its history (offline)."""
+    from . import _model_tools as tools
+
+    task = _load_task_ref(task_ref)
+    try:
+        history = tools.history_from_db(history_db, task)
+    except tools.ToolError as e:
+        raise click.ClickException(str(e)) from None
+    proposer = _model_source(version, weights, meta, url, name, pubkey)
+    try:
+        proposals = tools.sample(proposer, history, count, seed)
+    except Exception as e:  # ProposerUnavailable: a space the model cannot represent
+        raise click.ClickException(f"{proposer.name} cannot propose for {task.ref}: {e}") from None
+    best = history.best
+    info = {
+        "model": proposer.name,
+        "task": task.ref,
+        "history_trials": len(history.trials),
+        "baselines": len(history.baselines),
+        "best_objective": best.objective if best else None,
+        "proposals": proposals,
+    }
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"{proposer.name} on {task.ref}: history of {len(history.trials)} trials "
+        f"(best {best.objective if best else '-'}), {len(history.baselines)} baselines"
+    )
+    keys = list(proposals[0]["recipe"]) if proposals else []
+    for col in ["#", *keys, "seen"]:
+        t.add_column(col)
+    for i, p in enumerate(proposals, start=1):
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in p["recipe"].values()]
+        t.add_row(str(i), *cells, "yes" if p["seen"] else "")
+    Console(width=200).print(t)
+
+
+@model.command("eval")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--task", "task_refs", required=True, help="Instances, comma-separated: branin/900,branin/901.")
+@click.option("--trials", default=40, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seeds", default=2, show_default=True, type=click.IntRange(1, 1000))
+@_model_options
+def model_eval(
+    version: int,
+    task_refs: str,
+    trials: int,
+    seeds: int,
+    weights: str | None,
+    meta: str | None,
+    url: str,
+    name: str,
+    pubkey: str | None,
+    as_json: bool,
+) -> None:
+    """Short simulated studies of model VERSION against mutation on chosen instances (regret AUC and
+    trials to regret 0.05 on the true objective where the task has one; best observed objective)."""
+    from . import _model_tools as tools
+
+    refs = [r.strip() for r in task_refs.split(",") if r.strip()]
+    if not refs:
+        raise click.BadParameter("name at least one instance", param_hint="--task")
+    for ref in refs:
+        _load_task_ref(ref)
+    proposer = _model_source(version, weights, meta, url, name, pubkey)
+    rows = tools.evaluate([proposer, tools.mutation()], refs, trials, seeds)
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"{proposer.name} vs mutation: {seeds} seeds x {trials} trials per instance (lower is better)"
+    )
+    for col in ("task", "proposer", "regret AUC", "solved", "median trials to 0.05", "best objective"):
+        t.add_column(col)
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    for r in rows:
+        solved = "-" if r["solved"] is None else f"{r['solved']}/{r['seeds']}"
+        t.add_row(
+            r["task"],
+            r["proposer"],
+            cell(r["regret_auc"]),
+            solved,
+            cell(r["median_trials_to_target"]),
+            cell(r["best_objective"]),
+        )
+    Console(width=200).print(t)

@@ -123,7 +123,9 @@ def mean_auc(proposer: Proposer, refs: Sequence[str], seeds: int, trials: int = 
         task = load_task(ref)
         for s in range(seeds):
             res = run_study(task, lambda h, r: (proposer.propose(h, r), proposer.name), trials=trials, seed=s)
-            out.append(statistics.fmean(min(2.0, normalized_regret(task, v or math.inf)) for v in res.best_so_far()))
+            out.append(
+                statistics.fmean(min(2.0, normalized_regret(task, v or math.inf)) for v in res.best_so_far())
+            )
     return statistics.fmean(out)
 
 
@@ -163,7 +165,9 @@ def test_history_encoding_round_trips_and_ranks_match_history_normalized() -> No
     for i in range(20):
         r = task.sample(rng)
         value = None if i == 18 else task.objective(task.run(r, i, 1.0))
-        trials.append(Trial(recipe=r.model_dump(), objective=value, status="ok" if value is not None else "failed"))
+        trials.append(
+            Trial(recipe=r.model_dump(), objective=value, status="ok" if value is not None else "failed")
+        )
     history = History(task=task, trials=tuple(trials), baselines=(2.0, 2.2, 1.8))
     ctx = encode_history(history, code, cfg)
     chosen = select_trials([t.objective if t.ok else None for t in trials], 4, 3)
@@ -179,14 +183,20 @@ def test_history_encoding_round_trips_and_ranks_match_history_normalized() -> No
         else:
             assert failed == 0.0 and has_z == 1.0 and math.isclose(rank, normalized[i] or 0.0)
             objective = trials[i].objective
-            assert objective is not None and math.isclose(z, math.asinh((objective - 2.0) / 0.2) / 4, rel_tol=1e-6)
+            assert objective is not None and math.isclose(
+                z, math.asinh((objective - 2.0) / 0.2) / 4, rel_tol=1e-6
+            )
     best = sorted((t.objective, i) for i, t in enumerate(trials) if t.ok and t.objective is not None)[:4]
     assert {i for _, i in best} <= set(chosen)
 
 
 def test_module_shapes_are_the_computed_ones() -> None:
     """The bounds check relies on computed tensor shapes: they equal the module's actual state dict."""
-    for cfg in (HistoryConfig(), HistoryConfig(**SMALL), HistoryConfig(max_knobs=5, max_choices=3, n_components=2)):
+    for cfg in (
+        HistoryConfig(),
+        HistoryConfig(**SMALL),
+        HistoryConfig(max_knobs=5, max_choices=3, n_components=2),
+    ):
         model = HistoryModel(cfg)
         assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == cfg.tensor_shapes()
         assert model.num_params() == cfg.param_count()
@@ -319,7 +329,12 @@ def test_skipped_traces_are_counted_by_reason() -> None:
         (seq + 6, "hartmann6/1", "{}", 1.0, "ok", "mutation"),
     ]
     ds = build_history_dataset(rows + bad, HistoryConfig(**{**SMALL, "max_knobs": 8}), load=load_task)
-    assert ds.skipped == {"unimportable_task": 2, "unknown_knobs": 1, "invalid_recipe": 2, "unsupported_space": 1}
+    assert ds.skipped == {
+        "unimportable_task": 2,
+        "unknown_knobs": 1,
+        "invalid_recipe": 2,
+        "unsupported_space": 1,
+    }
     assert ds.skip_metrics() == {
         "skipped_unimportable_task": 2.0,
         "skipped_unsupported_space": 1.0,

@@ -1,5 +1,6 @@
-"""Distillation against real servers: select → train → gate → publish, agents picking the model
-up, and every way a model pointer or artifact can be bad being refused."""
+"""Distillation against real servers: select → train → gate → publish (the history model by
+default; the byte policy's gate rules too), agents picking the model up, skipped traces reported
+on the model events, and every way a model pointer or artifact can be bad being refused."""
 
 from __future__ import annotations
 
@@ -19,9 +20,43 @@ from agents._policy import consider
 from distill._service import DistillConfig, Distiller, Scores, gate
 
 from .conftest import run_hive, wait_for
+from .test_history_policy import study_rows
 
 SMALL = {"n_layer": 1, "n_embd": 64, "n_head": 4, "block_size": 320}
+"""A small byte policy."""
+HISTORY_SMALL = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+"""A small history model."""
 TASKS = ["branin/0", "branin/1", "branin/2", "branin/3", "branin/4"]
+TRAJECTORY_TASKS = [f"branin/{i}" for i in range(8)]
+GATE = "2x2x30"
+
+
+def trajectories(trials: int = 50) -> list[streams.ExperimentFinished]:
+    """Simulated studies on branin/0..7 as the hive logs them: baseline replicates, then trials
+    proposed by mutation or the prior, in order (plus two traces of a task nobody can import)."""
+    out: list[streams.ExperimentFinished] = []
+    rows = study_rows(TRAJECTORY_TASKS, trials)
+    rows += [(len(rows) + 1 + i, "nosuchpkg.tasks:Gone/0", "{}", 1.0, "ok", "mutation") for i in range(2)]
+    for seq, ref, recipe, objective, status, proposer in rows:
+        out.append(
+            streams.ExperimentFinished(
+                event_id=f"tr-{seq}/finish",
+                agent_id="tr-1",
+                agent_type="researcher",
+                task=ref,
+                run_id=f"run-{seq}",
+                recipe=orjson.loads(recipe),
+                seed=seq,
+                budget=1.0,
+                metrics={} if objective is None else {"value": objective},
+                objective=objective,
+                cost_s=0.001,
+                status=status,
+                success=False,
+                proposer=proposer,
+            )
+        )
+    return out
 
 
 def traces(n_per_task: int = 24, seed: int = 0) -> list[streams.ExperimentFinished]:
@@ -100,8 +135,10 @@ def test_deployment_successes_count_while_their_incumbent_is_still_current() -> 
     exp = "INSERT INTO experiments BY NAME SELECT ? AS event_id, ? AS seq, ? AS objective, ? AS proposer, "
     exp += "'k' AS run_key, 'r-1' AS agent_id, 'researcher' AS agent_type, 'branin/0' AS task, "
     exp += "'x' AS run_id, 'ok' AS status, false AS success"
-    for i, (obj, proposer) in enumerate([(3.0, "baseline"), (3.2, "baseline"), (2.8, "baseline"),
-                                         (1.0, "mutation"), (0.5, "mutation")], start=1):
+    for i, (obj, proposer) in enumerate(
+        [(3.0, "baseline"), (3.2, "baseline"), (2.8, "baseline"), (1.0, "mutation"), (0.5, "mutation")],
+        start=1,
+    ):
         con.execute(exp, [f"e{i}", i, obj, proposer])
     dep = "INSERT INTO deployments BY NAME SELECT ? AS event_id, ? AS seq, ? AS reference, "
     dep += "? AS reference_task, ? AS reference_score, 'd-1' AS agent_id, 'deployer' AS agent_type, "
@@ -113,18 +150,22 @@ def test_deployment_successes_count_while_their_incumbent_is_still_current() -> 
     assert [r[0] for r in rows] == [11, 12]
 
 
+@pytest.mark.timeout(600)
 async def test_distill_once_publishes_and_running_agents_use_it(
     nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
-    """``hive distill --once`` on a fixture of traces publishes a model (valid-action rate >= 99%)
-    and a running researcher's next traces carry its version within seconds."""
+    """``hive distill --once`` (history backend, the default) on pooled trajectories trains a model
+    that beats mutation in simulated studies on held-out instances, publishes it with the gate's
+    figures and the skipped traces (a task nobody can import) on ModelPublished, and a running
+    researcher's next traces carry its version and its name as the proposer within seconds."""
     priv, pub = keys
     url = nats_server.url
-    fixture = traces()
+    fixture = trajectories()
     await streams.Publisher(nc.jetstream()).publish_many(fixture)
     await _materialized(nc, spawn, url, tmp_path / "d.duckdb", len(fixture))
+    # an I/O-bound task (50 ms sleeps): the researcher leaves the CPU to the distiller
     spawn(
-        "agent", "run", "researcher", "--nats", url, "--task", "branin/7", "--id", "r-1", "--pubkey", str(pub)
+        "agent", "run", "researcher", "--nats", url, "--task", "sleep/0", "--id", "r-1", "--pubkey", f"{pub}"
     )
     out = await asyncio.to_thread(
         run_hive,
@@ -135,31 +176,38 @@ async def test_distill_once_publishes_and_running_agents_use_it(
         "--key",
         str(priv),
         "--steps",
-        "80",
+        "150",
         "--model",
-        orjson.dumps(SMALL).decode(),
+        orjson.dumps(HISTORY_SMALL).decode(),
         "--modes",
         "base",
+        "--gate",
+        GATE,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = orjson.loads(out.stdout)
     assert report["decision"] == "published", report
-    assert report["candidate"]["valid_action_rate"] >= 0.99
-    assert report["holdout"] == "instances" and report["heldout"] > 0
+    assert report["backend"] == "history" and report["heldout_tasks"]
+    assert report["instances"] >= 8  # branin/0..7, and sleep/0 once the researcher has run there
+    assert report["skipped"] == {"unimportable_task": 2}
+    assert "distill_traces_skipped" in out.stdout + out.stderr  # and in its logs
     await wait_for(lambda: _models(nc), timeout=20, what="models row")
-    rows = (await streams.remote_query(nc, "SELECT version, decision, dataset_size FROM models")).rows
-    assert rows == [[1, "published", report["examples"]]]
+    rows = (await streams.remote_query(nc, "SELECT version, decision, dataset_size, eval FROM models")).rows
+    assert [r[:3] for r in rows] == [[1, "published", report["examples"]]]
+    figures = orjson.loads(rows[0][3])
+    assert figures["skipped_unimportable_task"] == 2.0 and figures["skipped_invalid_recipe"] == 0.0
+    assert figures["gate_simulated"] == 1.0 and figures["gate_auc_candidate"] < figures["gate_auc_mutation"]
 
     async def used() -> bool:
         res = await streams.remote_query(
             nc,
             "SELECT count(*) FROM experiments WHERE agent_id = 'r-1' AND model_version = 1 "
-            "AND proposer = 'model'",
+            "AND proposer = 'model-v1'",
         )
         return bool(res.rows[0][0] > 0)
 
-    await wait_for(used, timeout=30, what="agent traces from model v1")
+    await wait_for(used, timeout=60, what="agent traces from model v1")
     listing = await asyncio.to_thread(run_hive, "model", "list", "--nats", url)
     assert listing.returncode == 0 and "current version 1" in listing.stdout
 
@@ -169,30 +217,43 @@ async def _models(nc: Any) -> bool:
     return bool(res.rows[0][0] >= 1)
 
 
+@pytest.mark.timeout(600)
 async def test_gate_rejects_a_worse_candidate_and_the_champion_stays(
     nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
-    """A barely trained candidate loses to the champion: ModelRejected, pointer unchanged; a
-    rollback then moves the pointer with a new serial."""
+    """A barely trained history candidate loses to mutation in the simulated studies:
+    ModelRejected with the gate's figures, pointer unchanged."""
     priv, _ = keys
     url = nats_server.url
-    fixture = traces()
+    fixture = trajectories(30)
     await streams.Publisher(nc.jetstream()).publish_many(fixture)
     await _materialized(nc, spawn, url, tmp_path / "g.duckdb", len(fixture))
+    from distill import GateConfig
+
+    gate_cfg = GateConfig(instances=2, seeds=2, trials=30)
     good = Distiller(
-        DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=80, model=SMALL, modes=("base",))
-    )
+        DistillConfig(
+            nats_url=url, key_path=str(priv), once=True, steps=150, model=HISTORY_SMALL, modes=("base",),
+            gate=gate_cfg,
+        )
+    )  # fmt: skip
     (first,) = await good.run()
-    assert first["decision"] == "published"
+    assert first["decision"] == "published", first
     weak = Distiller(
-        DistillConfig(nats_url=url, key_path=str(priv), once=True, steps=2, model=SMALL, modes=("base",))
-    )
+        DistillConfig(
+            nats_url=url, key_path=str(priv), once=True, steps=1, model=HISTORY_SMALL, modes=("base",),
+            gate=gate_cfg,
+        )
+    )  # fmt: skip
     (second,) = await weak.run()
-    assert second["decision"] == "rejected" and "champion" in second["reason"]
+    assert second["decision"] == "rejected" and "regret AUC" in second["reason"], second
+    assert second["eval"]["gate_auc_candidate"] >= second["eval"]["gate_auc_mutation"]
     store = await streams.ModelStore(nc).open()
     current = await store.read_pointer("policy")
     assert current is not None and current[0].pointer.version == 1
     await wait_for(lambda: _rejected(nc), timeout=20, what="ModelRejected row")
+    res = await streams.remote_query(nc, "SELECT eval FROM models WHERE decision = 'rejected'")
+    assert "gate_auc_mutation" in orjson.loads(res.rows[0][0])
 
 
 async def _rejected(nc: Any) -> bool:

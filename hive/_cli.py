@@ -22,7 +22,7 @@ from ._output import FORMATS, render
 from ._query import QueryError, QueryResult, remote_query, run_with_deadline
 from ._signals import until_signal
 from ._store import DatabaseLocked, connect_db, snapshot_path_for
-from ._supervisor import UpConfig
+from ._supervisor import UpConfig, write_endpoints
 
 T = TypeVar("T")
 NATS_HELP = "NATS server URL (env HIVE_NATS_URL)."
@@ -123,7 +123,17 @@ def _durability_option(_ctx: click.Context, _param: click.Parameter, value: str)
     "stores STORE/node-<i>); the hive's stream is then replicated (R3 from 3 nodes).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-def server(port: int, store_dir: str, http_port: int, durability: str, nodes: int, host: str) -> None:
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to record nats.url and nats.monitor for `hive status --data` (default: the store's "
+    "parent directory, ./hive-data with the default store).",
+)
+def server(
+    port: int, store_dir: str, http_port: int, durability: str, nodes: int, host: str, data_dir: str | None
+) -> None:
     """Run the embedded nats-server (JetStream on) in the foreground until Ctrl-C."""
     srv: streams.EmbeddedServer | streams.EmbeddedCluster
     if nodes > 1:
@@ -138,6 +148,12 @@ def server(port: int, store_dir: str, http_port: int, durability: str, nodes: in
         srv.start()
     except streams.ServerError as e:
         raise click.ClickException(str(e)) from None
+    monitors = srv.http_urls if isinstance(srv, streams.EmbeddedCluster) else [srv.http_url]
+    try:
+        write_endpoints(Path(data_dir or Path(store_dir).parent), srv.url, [m for m in monitors if m])
+    except OSError as e:
+        srv.stop()
+        raise click.ClickException(f"cannot record the server's URLs: {e}") from None
     if isinstance(srv, streams.EmbeddedCluster):
         pids = ", ".join(str(p) for p in srv.pids)
         click.echo(
@@ -327,25 +343,40 @@ def _query_file(db: str, sql: str, max_rows: int, timeout: float) -> QueryResult
 
 
 @cli.command()
-@click.option("--nats", "url", default=streams.default_url, help=NATS_HELP)
+@click.option(
+    "--nats",
+    "url",
+    default=None,
+    help="NATS server URL (default: env HIVE_NATS_URL, else the one in DATA/nats.url, else "
+    f"{streams.DEFAULT_URL}).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    default=str(UpConfig.data_dir),
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="State directory of `hive up` / `hive server`: its nats.url and nats.monitor say where the "
+    "server listens and where its monitoring is.",
+)
 @click.option(
     "--monitor",
     default=None,
-    help="NATS monitoring URL for the durability setting (default: http://<nats host>:8222).",
+    help="NATS monitoring URL(s), comma-separated, for the durability setting (default: DATA/nats.monitor "
+    "for that server, else http://<nats host>:8222).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(url: str, monitor: str | None, as_json: bool) -> None:
-    """Show the log's last sequence, the materialized sequence (lag), counts, dead letters, durability."""
-    from urllib.parse import urlparse
+def status(url: str | None, data_dir: str, monitor: str | None, as_json: bool) -> None:
+    """Show the log's last sequence and replicas, the materialized sequence (lag), counts, dead letters,
+    durability."""
+    from ._status import gather_status, resolve_endpoints, status_table
 
-    from ._status import gather_status
-
-    monitor = monitor or f"http://{urlparse(url).hostname or '127.0.0.1'}:8222"
+    url, monitors = resolve_endpoints(url, data_dir, monitor)
 
     async def go() -> dict[str, Any]:
         nc = await connect_once(url, "hive-status")
         try:
-            return await gather_status(nc, monitor)
+            return await gather_status(nc, monitors)
         finally:
             await nc.close()
 
@@ -354,29 +385,11 @@ def status(url: str, monitor: str | None, as_json: bool) -> None:
         click.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
         return
     from rich.console import Console
-    from rich.table import Table
 
-    t = Table(title="hive status", show_header=False)
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    s = st["stream"]
-    if s.get("exists", True):
-        t.add_row(
-            "stream", f"{s['name']}: last seq {s['last_seq']}, {s['messages']} messages, {s['bytes']} bytes"
-        )
-    else:
-        t.add_row("stream", f"{s['name']}: {s.get('detail', 'absent')}")
-    m = st["materializer"]
-    if m.get("running") and "applied_seq" in m:  # a materializer's reply may lack fields: show "?"
-        t.add_row("materialized", f"seq {m['applied_seq']} (lag {m.get('lag', '?')}), db {m.get('db', '?')}")
-        t.add_row("snapshot", f"{m.get('snapshot', '?')} (seq {m.get('snapshot_seq', '?')})")
-    else:
-        t.add_row("materialized", m.get("detail", "a materializer answers, without its applied sequence"))
-    for k, v in st.get("counts", {}).items():
-        t.add_row(f"  {k}", str(v))
-    d = st["durability"]
-    t.add_row("durability", f"{d['setting']}: {d['detail']}")
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # piped: whole lines, not cells squeezed to 80 columns
+        console = Console(width=200)
+    console.print(status_table(st))
 
 
 @cli.command()

@@ -99,6 +99,7 @@ def write_endpoints(data_dir: Path, url: str, monitor_urls: list[str] | None) ->
     """Record where a server of this state directory listens: ``nats.url`` (its client URL(s)) and
     ``nats.monitor`` (its monitoring URL(s), one a line; removed when unknown)."""
     data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "nats.url").write_text(url + "\n")
     monitor = data_dir / MONITOR_FILE
     if monitor_urls:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,8 @@ async def test_query_status_rebuild_against_a_running_materializer(
     assert st["durability"]["setting"] == "every 120s"
     out = await asyncio.to_thread(run_hive, "status", "--nats", url, "--monitor", nats_server.http_url)
     assert out.returncode == 0 and "lag 0" in out.stdout
+    assert "fsync every 120s: a process crash loses nothing" in out.stdout, out.stdout
+    assert "every 120s: fsync every 120s" not in out.stdout
 
     out = await asyncio.to_thread(run_hive, "rebuild", "--nats", url, "--db", str(db))
     assert out.returncode == 1 and "held by" in out.stderr
@@ -219,3 +223,49 @@ def test_help_defaults_come_from_the_code() -> None:
         after = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert f"default: {value}" in after, (option, after)
     assert "new successful traces" in text
+
+
+# --------------------------------------------------------------------------- status finds its server
+async def test_status_reads_the_monitoring_port_a_server_recorded(spawn: Any, tmp_path: Path) -> None:
+    """`hive server --http-port 0` records nats.url and nats.monitor beside its store; `hive status
+    --data DIR` then finds the server and reads its real durability there (it assumed port 8222 and
+    said "durability unknown")."""
+    data = tmp_path / "data"
+    p = spawn("server", "--port", "0", "--http-port", "0", "--store", str(data / "nats"), "--sync", "always")
+    await wait_for(
+        lambda: (data / "nats.monitor").exists() and "nats-server nats://" in p.output(), timeout=30
+    )
+    monitor = (data / "nats.monitor").read_text().strip()
+    assert monitor.startswith("http://127.0.0.1:") and not monitor.endswith(":8222")
+    env = {k: v for k, v in os.environ.items() if k != "HIVE_NATS_URL"}
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hive", "status", "--data", str(data), "--json"],
+        capture_output=True, text=True, timeout=60, env={**env, "HIVE_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    st = orjson.loads(out.stdout)
+    assert st["durability"]["setting"] == "always" and st["durability"]["monitor"] == monitor, st
+
+
+async def test_status_shows_replicas_and_the_cluster(tmp_path: Path) -> None:
+    """On a 3-node cluster `hive status` shows the stream's replicas (3), its leader and its peers."""
+    cluster = streams.EmbeddedCluster(3, store_dir=tmp_path / "nats", log_dir=tmp_path)
+    await asyncio.to_thread(cluster.start, 90)
+    try:
+        client = await streams.connect(cluster.url)
+        try:
+            await streams.ensure_stream(client.jetstream())
+        finally:
+            await client.close()
+        args = ("status", "--nats", cluster.url, "--monitor", ",".join(cluster.http_urls))
+        out = await asyncio.to_thread(run_hive, *args, "--json")
+        assert out.returncode == 0, out.stderr
+        s = orjson.loads(out.stdout)["stream"]
+        names = {srv.server_name for srv in cluster.servers}
+        assert s["replicas"] == 3 and s["cluster"]["leader"] in names, s
+        assert {p["name"] for p in s["cluster"]["peers"]} == names - {s["cluster"]["leader"]}, s
+        out = await asyncio.to_thread(run_hive, *args)
+        assert f"3 replicas; leader {s['cluster']['leader']}, peers " in out.stdout, out.stdout
+    finally:
+        await asyncio.to_thread(cluster.stop)

@@ -563,7 +563,9 @@ def model_eval(
             r["proposer"],
             cell(r["regret_auc"]),
             solved,
-            cell(r["median_trials_to_target"]),
+            f">{trials}"
+            if (r["median_trials_to_target"] or 0) > trials
+            else cell(r["median_trials_to_target"]),
             cell(r["best_objective"]),
         )
     Console(width=200).print(t)

@@ -111,8 +111,9 @@ def evaluate(
     proposers: Sequence[Proposer], refs: Sequence[str], trials: int, seeds: int
 ) -> list[dict[str, Any]]:
     """Short simulated studies of each proposer on each instance and seed: per (instance, proposer),
-    the mean regret AUC and median trials to regret 0.05 (true objective; None where the task has
-    none) and the mean best observed objective."""
+    the mean regret AUC and median trials to regret 0.05 on the true objective (a study that never
+    got there counts as ``trials + 1``; both None where the task has no true objective), and the
+    mean best observed objective."""
     from distill._gate import has_truth, run_arm
 
     rows = []

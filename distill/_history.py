@@ -39,9 +39,14 @@ from .model import Context, HistoryConfig, SpaceCode, encode_context, encode_rec
 TRAJECTORY_SQL = """
 SELECT seq, task, recipe, objective, status, proposer
 FROM experiments WHERE seq <= $1
+QUALIFY row_number() OVER (PARTITION BY task ORDER BY seq) <= $2
 ORDER BY task, seq
 """
-"""Every finished experiment up to sequence ``$1``, per instance in log order."""
+"""The finished experiments up to sequence ``$1``, per instance in log order: the first ``$2`` of
+each instance (its baselines among them), so a long-running hive's read stays bounded while
+every instance's early research, what a new instance needs most, is kept."""
+MAX_ROWS_PER_INSTANCE = 1000
+"""``$2`` of :data:`TRAJECTORY_SQL`."""
 SKIP_REASONS = ("unimportable_task", "unsupported_space", "unknown_knobs", "invalid_recipe")
 """Why a trace can be left out of the dataset (keys of :attr:`HistoryDataset.skipped`)."""
 

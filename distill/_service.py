@@ -49,7 +49,7 @@ from ._byte_model import Policy, PolicyConfig
 from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
 from ._decode import valid_action_rate
 from ._gate import GateConfig, GateResult, gate_tasks, loss_gate, research_gate
-from ._history import TRAJECTORY_SQL, HistoryDataset, build_history_dataset
+from ._history import MAX_ROWS_PER_INSTANCE, TRAJECTORY_SQL, HistoryDataset, build_history_dataset
 from ._proposers import TextPolicyProposer
 from ._train import TrainingStopped, evaluate, evaluate_history, pick_device, train, train_history
 from .model import BACKEND, HistoryConfig, HistoryModel, HistoryProposer, is_history_model
@@ -447,7 +447,7 @@ class Distiller:
         """Trajectories → hindsight examples → two candidates → research-value gate → publish/reject."""
         from agents import load_task  # the task registry: spaces, and the studies the gate simulates
 
-        rows = await self._rows(TRAJECTORY_SQL, [through])
+        rows = await self._rows(TRAJECTORY_SQL, [through, MAX_ROWS_PER_INSTANCE])
         model_cfg = HistoryConfig(**self.cfg.model)
         ds = await asyncio.to_thread(
             build_history_dataset,

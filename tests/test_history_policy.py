@@ -387,3 +387,27 @@ def test_empty_context_still_encodes() -> None:
     assert ctx.nums == [] and ctx.glob == [0.0, 0.0, 0.0]
     recipe = HistoryProposer(HistoryModel(cfg)).propose(History(task=load_task("branin/0")), random.Random(0))
     assert isinstance(recipe, load_task("branin/0").space)
+
+
+def test_trajectories_are_read_in_order_and_capped_per_instance() -> None:
+    """On a real hive database, ``TRAJECTORY_SQL`` returns each instance's experiments in log order
+    up to the sequence asked for, at most the first N of each instance."""
+    import duckdb
+
+    from distill._history import TRAJECTORY_SQL
+    from hive import migrate
+
+    con = duckdb.connect()
+    migrate(con)
+    sql = (
+        "INSERT INTO experiments BY NAME SELECT ? AS seq, ? AS task, '{}' AS recipe, 1.0 AS objective, "
+        "'ok' AS status, 'mutation' AS proposer, 'e' || ? AS event_id, 'k' AS run_key, 'r-1' AS agent_id, "
+        "'researcher' AS agent_type, 'x' AS run_id"
+    )
+    for seq in range(1, 21):
+        con.execute(sql, [seq, f"branin/{seq % 2}", seq])
+    rows = con.execute(TRAJECTORY_SQL, [15, 3]).fetchall()
+    assert [(r[1], r[0]) for r in rows] == [
+        ("branin/0", 2), ("branin/0", 4), ("branin/0", 6), ("branin/1", 1), ("branin/1", 3), ("branin/1", 5),
+    ]  # fmt: skip
+    assert len(con.execute(TRAJECTORY_SQL, [15, 1000]).fetchall()) == 15

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,7 @@ from . import _hf
 from ._byte_model import Policy, PolicyConfig
 from ._data import GUIDANCE_SQL, SELECT_SQL, Dataset, build_dataset
 from ._decode import valid_action_rate
-from ._gate import GateConfig, GateResult, gate_tasks, loss_gate, research_gate
+from ._gate import GateConfig, GateResult, arm_auc, gate_tasks, loss_gate, research_gate
 from ._history import MAX_ROWS_PER_INSTANCE, TRAJECTORY_SQL, HistoryDataset, build_history_dataset
 from ._proposers import TextPolicyProposer
 from ._train import TrainingStopped, evaluate, evaluate_history, pick_device, train, train_history
@@ -543,12 +544,21 @@ class Distiller:
             candidates.append(
                 (nll if math.isfinite(nll) else math.inf, mode, net.to("cpu").eval(), rep.model_dump())
             )
-        candidates.sort(key=lambda c: c[0])
-        nll, mode, model, train_report = candidates[0]
-        log.info(
-            "distill_candidate", mode=mode, heldout_nll=nll, alternatives={m: v for v, m, _, _ in candidates}
-        )
         tasks = gate_tasks(ds.heldout_tasks, list(ds.trajectories), self.cfg.gate.instances, load_task)
+        if tasks and len(candidates) > 1:
+            # choose on research value too: the held-out NLL of a small model overfits easily
+            gate = self.cfg.gate
+            ranked = sorted(
+                ((statistics.fmean(arm_auc(tasks, HistoryProposer(c[2]), gate)), c) for c in candidates),
+                key=lambda t: t[0],
+            )
+            candidates = [c for _, c in ranked]
+            alternatives = {c[1]: auc for auc, c in ranked}
+        else:
+            candidates.sort(key=lambda c: c[0])
+            alternatives = {c[1]: c[0] for c in candidates}
+        nll, mode, model, train_report = candidates[0]
+        log.info("distill_candidate", mode=mode, heldout_nll=nll, alternatives=alternatives)
         if tasks:
             rival: Any = None
             if isinstance(self.champion, HistoryModel):
@@ -561,6 +571,9 @@ class Distiller:
             result = loss_gate(nll, champ_nll)
         if math.isfinite(nll):
             result.metrics["heldout_nll"] = nll
+        for alt, value in alternatives.items():  # what chose among the candidates (AUC, or NLL)
+            if math.isfinite(value):
+                result.metrics[f"choice_{alt}"] = value
         log.info("distill_gate", promote=result.promote, reason=result.reason)
         return model, mode, result, train_report
 

@@ -307,3 +307,28 @@ async def test_bad_pointers_and_artifacts_are_refused_and_the_old_model_kept(
         assert slot.version == 1 and slot.serial == 1, name
     v7 = await announce(7, 7, weights)
     assert await consider(store, v7, pinned, slot) and slot.version == 7  # a good one still loads
+
+
+def test_history_candidates_are_chosen_on_research_value(tmp_path: Path) -> None:
+    """With a champion of the same shape, the distiller trains a fresh and a continued candidate and
+    keeps the one with the lower regret AUC in the gate's studies (both figures on ``eval``), then
+    gates it against mutation and the champion. In-process: no server needed for this step."""
+    from agents import load_task
+    from distill import GateConfig, HistoryConfig, build_history_dataset
+
+    from .test_history_policy import trained_model
+
+    priv, _ = streams.generate_keys(tmp_path / "keys")
+    cfg = DistillConfig(
+        nats_url="", key_path=str(priv), steps=40, model=HISTORY_SMALL, gate=GateConfig(2, 1, 20)
+    )
+    distiller = Distiller(cfg)
+    distiller.champion, distiller.champion_version = trained_model(), 1
+    rows = study_rows(TRAJECTORY_TASKS, 30)
+    ds = build_history_dataset(rows, HistoryConfig(**HISTORY_SMALL), load=load_task)
+    _model, mode, result, _ = distiller._train_and_gate_history(ds)
+    m = result.metrics
+    assert {"choice_base", "choice_continue"} <= set(m) and mode in ("base", "continue")
+    assert m[f"choice_{mode}"] == min(m["choice_base"], m["choice_continue"])
+    assert m["gate_auc_candidate"] == pytest.approx(m[f"choice_{mode}"])
+    assert "gate_auc_champion" in m and "gate_auc_mutation" in m

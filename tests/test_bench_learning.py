@@ -18,7 +18,7 @@ def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
     or an 'unavailable' reason), stable JSON keys, the per-run list, and writes the PNG."""
     out = tmp_path / "out"
     proc = run_hive(
-        "bench", "learning", "--quick", "--family", "lmrecipe", "--out", str(out), "--json", timeout=170
+        "bench", "learning", "--quick", "--family", "lmrecipe", "--out", str(out), "--json", timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)

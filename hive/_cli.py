@@ -555,7 +555,13 @@ _UP = UpConfig()
     show_default=True,
     help="Comma-separated agent types (names or module:Class).",
 )
-@click.option("--task", default=_UP.task, show_default=True, help="Task instance the agents work on.")
+@click.option(
+    "--task",
+    default=_UP.task,
+    show_default=True,
+    help="Task instance or campaign the agents work on: hartmann6/0, hartmann6/0-31, a/0,a/3-5 "
+    "(a campaign's per-instance budget: env HIVE_INSTANCE_BUDGET).",
+)
 @click.option(
     "--duration",
     default=_UP.duration_s,
@@ -642,7 +648,7 @@ def up(
     DATA/plots. With --secure, log in from outside with
     HIVE_NATS_CREDENTIALS=DATA/credentials/admin.json and the URL in DATA/nats.url.
     """
-    from agents import load_agent_type, load_task
+    from agents import load_agent_type, parse_campaign
 
     from ._supervisor import Swarm
 
@@ -650,7 +656,7 @@ def up(
     try:
         for t in type_list:
             load_agent_type(t)
-        load_task(task)
+        parse_campaign(task)  # one instance (hartmann6/0) or a campaign (hartmann6/0-31, a/0,a/3-5)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     if not type_list and n_agents:

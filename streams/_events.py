@@ -316,14 +316,67 @@ def current_version(kind: str) -> int:
     return int(EVENTS_BY_KIND[kind].model_fields["schema_version"].default)
 
 
+SUBJECT_PATTERNS: dict[str, str] = {
+    "traces": "hive.traces.{agent_type}.{agent_id}",
+    "agents": "hive.agents.{agent_id}.{lifecycle}",
+    "models": "hive.models.{name}",
+}
+"""The subject each channel's events are published on (``streams.subject_for`` fills these in);
+``{lifecycle}`` is ``started``, ``heartbeat`` or ``stopped`` (the kind without ``Agent``)."""
+
+MSG_ID_RULE = (
+    "Header Nats-Msg-Id = event_id on every publish. The server drops a second message with the "
+    "same id inside its duplicate window (120 s) and the materializer ignores a repeated event_id "
+    "forever, so make ids deterministic within one process run (a retry dedupes) and unique across "
+    "runs: {agent_id}/{incarnation token}/{step}."
+)
+"""The ``Nats-Msg-Id`` rule, as ``hive schema`` states it (``x-msg-id``)."""
+
+QUERY_CONTRACT: dict[str, Any] = {
+    "subject": "hive.query.sql",
+    "request": {
+        "sql": "one plain SELECT (string, at most 100,000 characters)",
+        "params": "list of scalars binding ? placeholders (at most 1,000; optional)",
+        "timeout_s": "number in (0, 300] (optional, default 10)",
+        "max_rows": "integer in (0, 1000000] (optional, default 10000)",
+    },
+    "reply": {
+        "columns": "list of column names",
+        "types": "list of DuckDB type names",
+        "rows": "list of rows (lists); BLOBs as base64 text",
+        "truncated": "true when max_rows cut the result",
+        "elapsed_ms": "number",
+    },
+    "error_reply": {"error": "why the query was refused, failed or cut off"},
+    "status_subject": "hive.query.status",
+}
+"""The read-only SQL service's request/reply contract (``x-query`` in ``hive schema``)."""
+
+
+def subject_pattern(cls: type[Event]) -> str:
+    """The subject pattern of an event class, e.g. ``hive.agents.{agent_id}.heartbeat``."""
+    pattern = SUBJECT_PATTERNS[cls.CHANNEL]
+    kind = cls.model_fields["kind"].default
+    return pattern.replace("{lifecycle}", str(kind).removeprefix("Agent").lower())
+
+
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of all events (a ``oneOf`` keyed by ``kind``), for publishers in other languages."""
+    """JSON Schema of all events (a ``oneOf`` keyed by ``kind``), for publishers in other languages.
+
+    Each event type carries ``x-subject`` (where to publish it) and ``x-msg-id`` (the
+    ``Nats-Msg-Id`` rule); the top level carries ``x-query``, the SQL service's contract."""
     from pydantic import TypeAdapter
 
     schema = TypeAdapter(AnyEvent).json_schema()
     schema["title"] = "hive event"
     schema["description"] = (
-        f"One event on the hive log. Encoded as UTF-8 JSON, at most {MAX_EVENT_BYTES} bytes; "
-        "publish on the subject streams.subject_for(event) names, with header Nats-Msg-Id = event_id."
+        f"One event on the hive log. Encoded as UTF-8 JSON, at most {MAX_EVENT_BYTES} bytes, on the "
+        "stream HIVE; publish each type on its x-subject with the x-msg-id header rule. "
+        "The protocol for other languages: docs/protocol.md."
     )
+    for cls in EVENTS_BY_KIND.values():
+        entry = schema["$defs"][cls.__name__]
+        entry["x-subject"] = subject_pattern(cls)
+        entry["x-msg-id"] = MSG_ID_RULE
+    schema["x-query"] = QUERY_CONTRACT
     return schema

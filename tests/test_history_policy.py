@@ -39,7 +39,7 @@ from distill.model import (
 
 FAMILY = "branin"
 TRAIN_INSTANCES = 10
-HELDOUT = [f"{FAMILY}/{5000 + i}" for i in range(4)]
+HELDOUT = [f"{FAMILY}/{5000 + i}" for i in range(8)]
 SMALL = {"n_layer": 1, "n_embd": 32, "n_head": 2}
 
 
@@ -112,7 +112,7 @@ def trained_model() -> HistoryModel:
     ds = build_history_dataset(study_rows(refs, 60), cfg, load=load_task)
     torch.manual_seed(0)
     model = HistoryModel(cfg)
-    train_history(model, ds.train + ds.heldout, steps=150, batch_size=64, lr=1e-2, device="cpu")
+    train_history(model, ds.train + ds.heldout, steps=300, batch_size=64, lr=3e-3, device="cpu")
     return model.eval()
 
 
@@ -360,19 +360,20 @@ def test_instance_split_never_holds_out_everything() -> None:
 
 
 def test_trained_model_beats_random_on_held_out_instances() -> None:
-    """Trained on pooled trajectories of branin/0..9, the model's studies on 4 never-seen instances
-    (2 seeds, 30 trials) reach a lower regret AUC than random search by a wide margin, and its
-    held-out NLL fell from the untrained model's.
+    """Trained on pooled trajectories of branin/0..9, the model's studies on 8 never-seen instances
+    (2 seeds, 30 trials) reach a lower regret AUC than random search, and its held-out NLL fell
+    from the untrained model's.
 
-    Measured when written: model 0.32, random 0.51, untrained model 0.90 (margin 0.1 required). Fixed seeds
-    make the run deterministic on one machine; across torch builds the margin leaves room for
-    several times the seed-to-seed spread we saw (about 0.03), so a false failure is unlikely
-    (well under 1%)."""
+    Measured when written (8 instances x 2 seeds): random 0.51, mutation 0.63, an untrained model
+    0.90; the trained model over training seeds 0..5: 0.33, 0.40, 0.42, 0.39, 0.36, 0.33 (mean 0.37,
+    sd 0.035). The test needs < 0.46 (random - 0.05): about 2.5 sd above the mean, so with another
+    torch build (whose floats could change the samples) a false failure has roughly a 1% chance;
+    on one machine the run is deterministic (fixed seeds)."""
     model = trained_model()
     proposer = HistoryProposer(model)
     model_auc = mean_auc(proposer, HELDOUT, seeds=2)
     random_auc = mean_auc(PriorProposer(), HELDOUT, seeds=2)
-    assert model_auc < random_auc - 0.1, (model_auc, random_auc)
+    assert model_auc < random_auc - 0.05, (model_auc, random_auc)
     cfg = model.cfg
     ds = build_history_dataset(study_rows(HELDOUT[:2], 40), cfg, load=load_task)
     untrained = HistoryModel(cfg)

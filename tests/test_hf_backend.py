@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 import streams
 from agents import ModelSlot, load_task
 from agents._policy import consider, load_policy
+from agents._proposer import History
 from distill import Policy, PolicyConfig, _hf, render_action, render_prompt
 from distill._decode import _validate, _Walker, action_grammar
 
@@ -339,7 +340,9 @@ def test_distiller_trains_hf_candidates_and_judges_them_against_any_champion(
     assert result["report"]["train"]["steps"] == 3
 
     byte = Distiller(
-        DistillConfig(**common, model={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 320})
+        DistillConfig(
+            **common, backend="byte", model={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 320}
+        )
     )
     byte.champion = champion
     result = byte._train_and_gate(ds)
@@ -366,8 +369,9 @@ def test_without_the_extra_the_backend_says_how_to_install_it(
     out = CliRunner().invoke(distill, args)
     assert out.exit_code != 0 and "pip install 'hive-swarm[hf]'" in out.output, out.output
     meta = orjson.dumps({"backend": "hf", "base_model": base.name, "base_fingerprint": "sha256:x"})
+    monkeypatch.setenv("HIVE_HF_MODEL", str(base))  # how an agent names its base (--hf-model sets it)
     with pytest.raises(ValueError, match=r"pip install 'hive-swarm\[hf\]'"):
-        load_policy(b"", meta, 1, hf_model=str(base))
+        load_policy(b"", meta, 1)
 
 
 @pytest.fixture
@@ -425,7 +429,7 @@ async def test_distill_hf_publishes_an_adapter_that_agents_with_the_base_use(
         res = await streams.remote_query(
             nc,
             "SELECT count(*) FROM experiments WHERE agent_id = 'hf-1' AND model_version = 1 "
-            "AND proposer = 'model'",
+            "AND proposer = 'model-v1'",
         )
         return bool(res.rows[0][0] > 0)
 
@@ -433,26 +437,29 @@ async def test_distill_hf_publishes_an_adapter_that_agents_with_the_base_use(
 
     # an agent's model watcher (consider) with another base, or none, refuses it and says why
     key = streams.load_public_key(pub)
-    monkeypatch.delenv("HIVE_HF_MODEL", raising=False)
     for hf_model, reason in [
         (str(other_base), "different model"),
-        (None, "--hf-model PATH or HIVE_HF_MODEL"),
+        (None, "HIVE_HF_MODEL"),
     ]:
+        if hf_model is None:  # an agent names its base by env (hive agent run --hf-model sets it)
+            monkeypatch.delenv("HIVE_HF_MODEL", raising=False)
+        else:
+            monkeypatch.setenv("HIVE_HF_MODEL", hf_model)
         slot = ModelSlot()
         with capture_logs() as logs:
-            assert not await consider(store, current[0], key, slot, hf_model=hf_model)
+            assert not await consider(store, current[0], key, slot)
         (refused,) = [e for e in logs if e["event"] == "model_refused"]
-        assert reason in refused["reason"] and "tiny-gpt2" in refused["reason"], refused
+        assert reason in refused["reason"], refused
         assert slot.version == 0 and slot.policy is None
+    monkeypatch.setenv("HIVE_HF_MODEL", str(base))
     slot = ModelSlot()
-    assert await consider(store, current[0], key, slot, hf_model=str(base)) and slot.version == 1
+    assert await consider(store, current[0], key, slot) and slot.version == 1
 
-    # the loaded adapter proposes schema-valid recipes, first try
+    # the loaded adapter is the model-v1 proposer and proposes schema-valid recipes
     adapter = slot.policy
-    assert isinstance(adapter.model, _hf.HFPolicy) and adapter.meta["backend"] == "hf"
+    assert adapter.name == "model-v1" and isinstance(adapter.model, _hf.HFPolicy)
     task = load_task("branin/7")
     rng = random.Random(0)
     for _ in range(10):
-        recipe = adapter.propose(task, task.baseline().model_dump(), 1.0, [], rng)
+        recipe = adapter.propose(History(task), rng)
         assert isinstance(recipe, task.space)
-    assert adapter.first_try_valid == adapter.proposals == 10

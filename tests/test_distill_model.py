@@ -1,4 +1,4 @@
-"""The byte policy (backend ``byte``): persistence, prompt/action text, constrained decoding, training (CPU)."""
+"""The byte policy (backend ``byte``): persistence, prompt/action text, decoding, training (CPU)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from distill import (
     train,
     valid_action_rate,
 )
-from distill._decode import _Walker
 from distill._byte_model import EOS
+from distill._decode import _Walker
 
 
 class Toy(BaseModel):

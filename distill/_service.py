@@ -260,13 +260,22 @@ class Distiller:
             self.publisher = streams.Publisher(js)
             await self._load_champion()
             t_last = time.monotonic()
+            streak = 0  # generations in a row that published nothing
             while not self._stop.is_set():
                 new = await self._new_successes()
+                # After a rejected or skipped generation, wait for twice as many new traces (up to
+                # 16x): a hive whose data cannot yet make a better model (one instance, no task the
+                # gate can simulate) is not retrained every few seconds.
+                needed = self.cfg.every_traces * 2 ** min(streak, 4)
                 due_time = (
                     self.cfg.every_seconds is not None and time.monotonic() - t_last >= self.cfg.every_seconds
                 )
-                if self.cfg.once or new >= self.cfg.every_traces or (due_time and new > 0):
-                    await self.generation()
+                if self.cfg.once or new >= needed or (due_time and new > 0):
+                    report = await self.generation()
+                    streak = 0 if report.get("decision") == "published" else streak + 1
+                    if streak:
+                        wait_for = self.cfg.every_traces * 2 ** min(streak, 4)
+                        log.info("distill_backoff", next_after_traces=wait_for)
                     t_last = time.monotonic()
                     if self.cfg.once:
                         break

@@ -332,3 +332,46 @@ def test_history_candidates_are_chosen_on_research_value(tmp_path: Path) -> None
     assert m[f"choice_{mode}"] == min(m["choice_base"], m["choice_continue"])
     assert m["gate_auc_candidate"] == pytest.approx(m[f"choice_{mode}"])
     assert "gate_auc_champion" in m and "gate_auc_mutation" in m
+
+
+async def test_rejections_back_off_the_next_generation(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A distiller whose candidates keep losing the gate waits for twice as many new traces after
+    each rejection (not every `every_traces`), so a hive that cannot yet make a better model is not
+    retrained in a tight loop: with every_traces=20, 40 new traces after one rejection start no
+    generation while the doubled threshold is 40 (after two: 80)."""
+    priv, _ = keys
+    url = nats_server.url
+    fixture = trajectories(30)
+    pub = streams.Publisher(nc.jetstream())
+    await pub.publish_many(fixture)
+    await _materialized(nc, spawn, url, tmp_path / "b.duckdb", len(fixture))
+    from distill import GateConfig
+
+    d = Distiller(
+        DistillConfig(
+            nats_url=url, key_path=str(priv), steps=1, every_traces=20, model=HISTORY_SMALL, modes=("base",),
+            gate=GateConfig(instances=2, seeds=1, trials=20),
+        )
+    )  # fmt: skip
+    task = asyncio.create_task(d.run())
+    try:
+        await wait_for(lambda: len(d.generations) >= 1, timeout=120, what="the first generation")
+        assert d.generations[0]["decision"] == "rejected", d.generations[0]
+
+        def more(start: int, n: int) -> list[streams.ExperimentFinished]:
+            out = []
+            for i, ev in enumerate(fixture[:n]):
+                k = start + i
+                out.append(ev.model_copy(update={"event_id": f"more-{k}/finish", "run_id": f"m{k}"}))
+            return out
+
+        await pub.publish_many(more(0, 30))  # 30 >= 20 but < 40: no generation after the backoff
+        await asyncio.sleep(8)
+        assert len(d.generations) == 1, [g.get("decision") for g in d.generations]
+        await pub.publish_many(more(30, 15))  # 45 >= 40: the second generation starts
+        await wait_for(lambda: len(d.generations) >= 2, timeout=120, what="the second generation")
+    finally:
+        d.stop()
+        await asyncio.wait_for(task, 60)

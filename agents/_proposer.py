@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence, Set
+from bisect import bisect_left
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -122,20 +123,9 @@ class History:
             if not t.ok or t.objective is None:
                 out.append(None)
                 continue
-            lo = _bisect_left(pool, t.objective)
+            lo = bisect_left(pool, t.objective)
             out.append(lo / (n - 1) if n > 1 else 0.0)
         return out
-
-
-def _bisect_left(xs: Sequence[float], x: float) -> int:
-    lo, hi = 0, len(xs)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if xs[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class Proposer(ABC):

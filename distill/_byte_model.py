@@ -31,6 +31,8 @@ from safetensors.torch import load as _st_load
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._st_header import read_header
+
 BOS, SEP, EOS, PAD = 256, 257, 258, 259
 """Special tokens: begin of sequence, end of prompt, end of completion, padding (never a target)."""
 N_BYTES = 256
@@ -39,7 +41,6 @@ VOCAB_SIZE = 260
 
 FORMAT = "hive-policy/1"
 """Value of ``__metadata__["format"]`` in a saved policy; anything else is refused."""
-MAX_HEADER_BYTES = 1 << 20
 MAX_VOCAB_SIZE = 1 << 16
 MAX_BLOCK_SIZE = 8192
 MAX_LAYERS = 64
@@ -393,26 +394,9 @@ class Policy(nn.Module):
     @staticmethod
     def read_config(data: bytes) -> PolicyConfig:
         """The config stored in a policy blob; ``ValueError`` if it is not a hive safetensors policy."""
-        if len(data) < 8:
-            raise ValueError("not a safetensors file: too short")
-        n = int.from_bytes(data[:8], "little")
-        if n < 2 or n > MAX_HEADER_BYTES or n > len(data) - 8:
-            raise ValueError(
-                "not a safetensors file: bad header length (pickle or torch.save files are refused)"
-            )
-        try:
-            header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not a safetensors file: header is not JSON ({exc})") from None
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        if (
-            not isinstance(meta, dict)
-            or meta.get("format") != FORMAT
-            or not isinstance(meta.get("config"), str)
-        ):
-            raise ValueError(f"safetensors file is not a {FORMAT} policy")
+        header, meta, data_bytes = read_header(data, FORMAT, "policy")
         config = PolicyConfig.from_json(meta["config"])  # bounded: a forged config stops here
-        _check_tensors(header, config, len(data) - 8 - n)
+        _check_tensors(header, config, data_bytes)
         return config
 
     @classmethod

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NamedTuple
@@ -49,6 +50,8 @@ from torch.nn import functional as F
 from agents._proposer import History, Proposer, ProposerUnavailable
 from agents._task import Knob, knobs
 
+from ._st_header import MAX_HEADER_BYTES, read_header
+
 BACKEND = "history"
 """``meta.json``'s ``backend`` for this model (the ``hive.policies`` entry-point name)."""
 FORMAT = "hive-history/1"
@@ -59,7 +62,6 @@ N_GLOBAL = 3
 """Features of the whole history on the query token: log size, has baselines, failed share."""
 NUMBER, CATEGORICAL = 1, 2
 """Slot kinds (0 is an empty slot)."""
-MAX_HEADER_BYTES = 1 << 20
 BOUNDS: Mapping[str, tuple[int, int]] = {
     "max_knobs": (1, 64),
     "max_choices": (2, 64),
@@ -303,7 +305,7 @@ def encode_context(
         if v is None or not math.isfinite(v):
             feats = [1.0, 0.0, 0.0, 1.0, age]
         else:
-            rank = _bisect_left(finished, v) / (pool - 1) if pool > 1 else 0.0  # = History.normalized()
+            rank = bisect_left(finished, v) / (pool - 1) if pool > 1 else 0.0  # = History.normalized()
             z = math.asinh((v - mean) / sd) / 4.0 if sd > 0 else 0.0
             feats = [rank, z, 1.0 if sd > 0 else 0.0, 0.0, age]
         nums.append(slots[0])
@@ -312,17 +314,6 @@ def encode_context(
     failed = sum(1 for v in objectives if v is None or not math.isfinite(v))
     glob = [math.log1p(n) / math.log1p(1000.0), 1.0 if baselines else 0.0, failed / n if n else 0.0]
     return Context(nums, cats, outcome, glob, code.kinds, code.n_choices)
-
-
-def _bisect_left(xs: Sequence[float], x: float) -> int:
-    lo, hi = 0, len(xs)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if xs[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def encode_history(history: History, code: SpaceCode, cfg: HistoryConfig) -> Context:
@@ -518,24 +509,7 @@ class HistoryModel(nn.Module):
     def read_config(data: bytes) -> HistoryConfig:
         """The config in a model blob, bounded and matched against the header's tensors; ``ValueError``
         if it is not a hive history model (pickles, truncation, forged shapes)."""
-        if len(data) < 8:
-            raise ValueError("not a safetensors file: too short")
-        n = int.from_bytes(data[:8], "little")
-        if n < 2 or n > MAX_HEADER_BYTES or n > len(data) - 8:
-            raise ValueError(
-                "not a safetensors file: bad header length (pickle or torch.save files are refused)"
-            )
-        try:
-            header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not a safetensors file: header is not JSON ({exc})") from None
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        if (
-            not isinstance(meta, dict)
-            or meta.get("format") != FORMAT
-            or not isinstance(meta.get("config"), str)
-        ):
-            raise ValueError(f"safetensors file is not a {FORMAT} model")
+        header, meta, data_bytes = read_header(data, FORMAT, "model")
         try:
             raw = json.loads(meta["config"])
         except json.JSONDecodeError as exc:
@@ -549,7 +523,7 @@ class HistoryModel(nn.Module):
             info = declared[name]
             if not isinstance(info, dict) or info.get("dtype") != "F32" or info.get("shape") != list(shape):
                 raise ValueError(f"history model tensor {name} is not float32 of shape {list(shape)}")
-        if len(data) - 8 - n != 4 * cfg.param_count():
+        if data_bytes != 4 * cfg.param_count():
             raise ValueError("history model data size does not match its config")
         return cfg
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from distill._byte_model import MAX_HEADER_BYTES
+from distill._st_header import MAX_HEADER_BYTES
 
 log = structlog.get_logger(__name__)
 

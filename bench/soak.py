@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soak_report  # noqa: E402
 
-from tests.faults.checker import applied_state, check, read_stream  # noqa: E402
+from tests.faults.checker import applied_state, check, load_event, read_stream  # noqa: E402
 
 LINGER_S = 10.0
 """Seconds an agent process whose only agent failed may take to exit before the soak restarts it."""
@@ -292,21 +292,7 @@ class PacedLoad:
 
     def event(self, i: int) -> streams.ExperimentFinished:
         """The ``i``-th event (deterministic id; a separate task so it does not disturb the agents)."""
-        return streams.ExperimentFinished(
-            event_id=f"{self.agent}/run-{i}/finish",
-            agent_id=self.agent,
-            agent_type="researcher",
-            task=f"branin/soak-{i % 7}",
-            run_id=f"run-{i}",
-            recipe={"x1": round(random.uniform(-5, 10), 4), "x2": round(random.uniform(0, 15), 4)},
-            seed=i % 1000,
-            budget=1.0,
-            metrics={"value": float(i % 13)},
-            objective=float(i % 13),
-            cost_s=0.01,
-            status="ok",
-            success=False,
-        )
+        return load_event(self.agent, i, f"branin/soak-{i % 7}")
 
     async def _run(self) -> None:
         nc = await streams.connect(self.url, **quiet("soak-load"))

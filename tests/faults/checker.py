@@ -33,7 +33,7 @@ import orjson
 
 import streams
 
-__all__ = ["AckedLoad", "StoredLog", "Verdict", "applied_state", "check", "read_stream"]
+__all__ = ["AckedLoad", "StoredLog", "Verdict", "applied_state", "check", "load_event", "read_stream"]
 
 
 @dataclass
@@ -220,6 +220,25 @@ def check(acked: set[str], stored: StoredLog, applied: Applied, *, quiescent: bo
     return v
 
 
+def load_event(agent: str, i: int, task: str) -> streams.ExperimentFinished:
+    """The ``i``-th ExperimentFinished of load generator ``agent`` on ``task`` (id ``agent/run-i/finish``)."""
+    return streams.ExperimentFinished(
+        event_id=f"{agent}/run-{i}/finish",
+        agent_id=agent,
+        agent_type="researcher",
+        task=task,
+        run_id=f"run-{i}",
+        recipe={"x1": round(random.uniform(-5, 10), 4), "x2": round(random.uniform(0, 15), 4)},
+        seed=i % 1000,
+        budget=1.0,
+        metrics={"value": float(i % 13)},
+        objective=float(i % 13),
+        cost_s=0.01,
+        status="ok",
+        success=False,
+    )
+
+
 class AckedLoad:
     """Publishes ``ExperimentFinished`` events and records exactly those the stream acknowledged.
 
@@ -240,21 +259,7 @@ class AckedLoad:
 
     def event(self, i: int) -> streams.ExperimentFinished:
         """The ``i``-th event of this load (deterministic ids)."""
-        return streams.ExperimentFinished(
-            event_id=f"{self.agent}/run-{i}/finish",
-            agent_id=self.agent,
-            agent_type="researcher",
-            task=f"branin/{i % 7}",
-            run_id=f"run-{i}",
-            recipe={"x1": round(random.uniform(-5, 10), 4), "x2": round(random.uniform(0, 15), 4)},
-            seed=i % 1000,
-            budget=1.0,
-            metrics={"value": float(i % 13)},
-            objective=float(i % 13),
-            cost_s=0.01,
-            status="ok",
-            success=False,
-        )
+        return load_event(self.agent, i, f"branin/{i % 7}")
 
     async def _run(self) -> None:
         nc = await streams.connect(self.url, name=f"acked-load-{self.agent}", **self.connect)

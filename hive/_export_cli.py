@@ -6,19 +6,12 @@ from pathlib import Path
 
 import click
 
+from ._db_option import snapshot_db_option
 from ._export import ExportError, export_optuna, export_parquet
-
-DEFAULT_SNAPSHOT = Path("./hive-data/hive.snapshot.duckdb")
 
 
 @click.command("export")
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_SNAPSHOT,
-    show_default=True,
-    help="A DuckDB file no process owns: the snapshot of a running hive, or a stopped hive's database.",
-)
+@snapshot_db_option
 @click.option(
     "--parquet",
     "parquet_dir",

@@ -7,19 +7,12 @@ from pathlib import Path
 import click
 import duckdb
 
+from ._db_option import snapshot_db_option
 from ._plot import write_plots
-
-DEFAULT_SNAPSHOT = Path("./hive-data/hive.snapshot.duckdb")
 
 
 @click.command("plot")
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_SNAPSHOT,
-    show_default=True,
-    help="A DuckDB file no process owns: the snapshot of a running hive, or a stopped hive's database.",
-)
+@snapshot_db_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -34,7 +34,7 @@ up: $(STAMP)
 
 ## Lint, type-check and run the whole test suite against real nats-server processes and DuckDB files.
 test: $(HF) $(READERS) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 ## The whole fault campaign (kill -9, SIGSTOP, full streams, cluster node loss, hostile input).
 faults: $(HF)

@@ -1,8 +1,9 @@
 """Claims: two agents never run the identical recipe on the same instance at the same time.
 
 A claim is a key in the JetStream KV bucket ``hive_run_claims``: ``create`` succeeds for one
-agent only; the key is deleted when the run ends and expires after ``CLAIM_TTL_S`` if its
-holder died.
+agent only; the key stays after the run finished (a "done" mark for agents whose read model has
+not seen the finish yet), is deleted when a run ends without finishing, and expires after
+``CLAIM_TTL_S``.
 
 Claiming and releasing ride out a paused server (timeouts are retried with capped backoff). A
 ``create`` retried after a timeout may find the key already written by its own first attempt:

@@ -110,6 +110,7 @@ class AgentRuntime:
         self.slot = ModelSlot()
         self.agents: list[Agent] = []
         self._stop = asyncio.Event()
+        self._closing = False
         self._view_ready = asyncio.Event()
         self.nc: Any = None
         # The incarnation token: drawn afresh at every process start, it is in every event id the
@@ -172,11 +173,14 @@ class AgentRuntime:
                 bg.append(asyncio.create_task(self._stop_after(duration_s)))
             await asyncio.gather(*(self._live(a) for a in self.agents))
         finally:
+            self._closing = True
             for t in bg:
                 t.cancel()
+            if bg:  # bounded: a task that swallowed its cancellation must not hang the stop
+                await asyncio.wait(bg, timeout=10)
             for t in bg:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                if t.done() and not t.cancelled():
+                    t.exception()  # retrieved, so asyncio does not log it as never retrieved
             await close_quickly(self.nc)
 
     async def _stop_after(self, seconds: float) -> None:
@@ -204,8 +208,12 @@ class AgentRuntime:
         wanted = {et for cls in classes for et in cls.handlers}
         reader = streams.LogReader(self.nc, filter_subject=">" if wanted else "hive.traces.>")
         await retry_transient(reader.start, what="log reader", logger=log)
+        me = asyncio.current_task()
         try:
-            while True:
+            # Not `while True`: Python 3.11's asyncio.wait_for can swallow a cancellation that
+            # races with its inner future completing (seen here: a stopped runtime hung in this
+            # loop), so the loop also ends on a pending cancel request or the closing flag.
+            while not self._closing and not (me is not None and me.cancelling()):
                 try:
                     batch = await reader.fetch(500, timeout=0.5)
                 except Exception as e:  # ConsumerLost or a connection error: re-create the consumer and go on

@@ -304,7 +304,7 @@ async def test_analyst_publishes_guidance_from_repeated_failures(nats_server: An
     reader = await streams.LogReader(nc, filter_subject="hive.traces.analyst.>").start()
     got = await wait_for(lambda: reader.fetch(10, timeout=0.5), timeout=20, what="guidance")
     runtime.stop()
-    await run
+    await asyncio.wait_for(run, 60)  # a stopped runtime returns (bounded: a hang fails here, clearly)
     ev = streams.decode(got[0].data)
     assert (
         isinstance(ev, streams.GuidancePublished) and ev.topic == "diverged" and ev.avoid == {"lr": ">= 0.2"}

@@ -124,10 +124,16 @@ class Researcher(Agent):
             await asyncio.sleep(0.05)  # everything claimed right now (the unit taken is spent)
             return True
         recipe, proposer, reason, seed, parent_id, reference, key = plan
+        finished = False
         try:
             await self.run_experiment(recipe, proposer, seed, parent_id, reference, reason=reason)
+            finished = True
         finally:
-            await self.claims.release(key)
+            # A finished run keeps its claim (until the bucket's TTL) as a "done" mark: another
+            # agent whose read model has not seen the finish yet must not run it again. A run that
+            # did not finish (this agent is stopping, or the publish failed) frees it for others.
+            if not finished:
+                await self.claims.release(key)
         return True
 
     async def _plan(

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from distill._st_header import MAX_HEADER_BYTES
+from distill._st_header import parse_header
 
 log = structlog.get_logger(__name__)
 
@@ -184,15 +184,7 @@ def _wrap(model: Any, lora: LoraSettings) -> Any:
 
 def _header_metadata(data: bytes) -> dict[str, Any]:
     """The ``__metadata__`` of a safetensors blob; ``ValueError`` for anything else (e.g. a pickle)."""
-    if len(data) < 8:
-        raise ValueError("not a safetensors file: too short")
-    n = int.from_bytes(data[:8], "little")
-    if n < 2 or n > MAX_HEADER_BYTES or n > len(data) - 8:
-        raise ValueError("not a safetensors file: bad header length (pickle or torch.save files are refused)")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a safetensors file: header is not JSON ({e})") from None
+    header, _ = parse_header(data)
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 

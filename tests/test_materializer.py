@@ -260,3 +260,58 @@ async def test_a_v1_database_is_migrated_in_place_and_keeps_its_deployments(
         ("baseline", 1),
         ("incumbent", 1),
     ]
+
+
+async def test_generations_reads_deployment_success_by_model_generation(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
+    """``hive.generations`` over a materialized file (what the retired ``test_learning`` used):
+    only judged, ``ok`` deployments against the incumbent count, pooled into generation 0 and
+    generations >= 1, with the margin, its z statistic and a JSON-ready summary."""
+    from hive import generations
+
+    base = streams.example("DeploymentFinished")
+    plan = [  # (model_version, reference, status, success, how many)
+        (0, "incumbent", "ok", True, 2),
+        (0, "incumbent", "ok", False, 8),
+        (1, "incumbent", "ok", True, 3),
+        (1, "incumbent", "ok", False, 2),
+        (2, "incumbent", "ok", True, 3),
+        (0, "baseline", "ok", True, 5),  # against the baseline: not counted
+        (1, "incumbent", "failed", False, 4),  # failed runs: not counted
+        (2, "incumbent", "ok", None, 2),  # not judged: not counted
+    ]
+    events, i = [], 0
+    for version, reference, status, success, n in plan:
+        for _ in range(n):
+            i += 1
+            events.append(
+                base.model_copy(
+                    update=dict(
+                        event_id=f"d-1/dep-{i}/finish",
+                        run_id=f"dep-{i}",
+                        model_version=version,
+                        reference=reference,
+                        status=status,
+                        success=success,
+                    )
+                )
+            )
+    await streams.Publisher(nc.jetstream()).publish_many(events)
+    db = tmp_path / "gen.duckdb"
+    async with running(nats_server.url, db) as m:
+        await wait_for(lambda: m.stats.applied_seq == len(events), what="deployments applied")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        gens = generations(con)
+    finally:
+        con.close()
+    assert gens.by_version == {0: (10, 2), 1: (5, 3), 2: (3, 3)}
+    assert gens.gen0 == (10, 2) and gens.later == (8, 6)
+    assert gens.rate0 == 0.2 and gens.rate_later == 0.75
+    assert gens.margin is not None and abs(gens.margin - 0.55) < 1e-12
+    assert gens.z is not None and 2.0 < gens.z < 2.5  # pooled p = 8/18: z = 0.55 / 0.2357 = 2.33
+    summary = gens.summary()
+    assert summary["gen1_plus"] == {"deployments": 8, "successes": 6, "rate": 0.75}
+    assert summary["by_version"]["2"] == {"deployments": 3, "successes": 3, "rate": 1.0}
+    assert summary["margin"] == 0.55

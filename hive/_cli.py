@@ -419,11 +419,29 @@ def bench() -> None:
 @click.option("--events", "n", default=50_000, show_default=True, type=click.IntRange(100))
 @click.option("--nats", "url", default=None, help="Use this NATS server (default: start an embedded one).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-def bench_ingest(n: int, url: str | None, as_json: bool) -> None:
-    """Raw nats-py publish vs hive publish vs end-to-end materialization, latency, rebuild."""
+@click.option(
+    "--paced-seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 600),
+    help="How long the half-rate latency arm publishes.",
+)
+@click.option(
+    "--query-rows",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Experiments in the best_per_task table (built directly in DuckDB; 0 skips it).",
+)
+def bench_ingest(n: int, url: str | None, as_json: bool, paced_seconds: float, query_rows: int) -> None:
+    """Raw nats-py publish vs hive publish vs end-to-end materialization, latency at full and
+    half rate, queries while ingesting, best_per_task over --query-rows, rebuild; each figure
+    beside its goal (issue 12)."""
     from ._bench_ingest import human_line, run_ingest_bench
 
-    result = _run(run_ingest_bench(n, url=url, progress=not as_json))
+    result = _run(
+        run_ingest_bench(n, url=url, progress=not as_json, paced_seconds=paced_seconds, query_rows=query_rows)
+    )
     click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     if not as_json:
         click.echo(human_line(result), err=True)

@@ -1,0 +1,53 @@
+"""The ingest benchmark's options and scripts stay runnable (small event counts, a few seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from .conftest import run_hive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_ingest_reports_every_goal() -> None:
+    """``hive bench ingest`` keeps its old keys and adds every issue-12 goal beside its figure:
+    hive Publisher alone vs raw, half-rate latency, query latency while ingesting, best_per_task
+    over ``--query-rows``, materializer RSS and file size, a rebuild in its own process."""
+    out = run_hive(
+        "bench", "ingest", "--events", "1500", "--json", "--paced-seconds", "1", "--query-rows", "5000",
+        timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    r = orjson.loads(out.stdout)
+    for key in ("raw_publish_per_s", "hive_publish_per_s", "end_to_end_per_s", "ratio", "rebuild_per_s"):
+        assert r[key] > 0
+    assert r["hive_publish_alone_per_s"] > 0 and r["hive_publish_ratio"] > 0
+    assert r["paced"]["events"] > 0 and r["paced"]["latency_ms"]["samples"] > 0
+    assert r["query_ms"]["samples"] >= 0 and "path" in r["query_snapshot_ms"]
+    assert r["best_per_task_ms"]["rows"] == 5000 and r["best_per_task_ms"]["tasks"] == 8
+    assert r["best_per_task_ms"]["p50"] > 0
+    assert r["materializer"]["peak_rss_mib"] > 10 and r["materializer"]["db_bytes"] > 0
+    assert r["rebuild"]["events"] == r["rebuild_events"] >= 1500 + r["paced"]["events"]
+    assert r["rebuild"]["peak_rss_mib"] > 10
+    assert set(r["goals"]) == {
+        "end_to_end_ratio",
+        "end_to_end_per_s",
+        "rebuild_per_s",
+        "hive_publish_ratio",
+        "paced_latency_p50_ms",
+        "query_p50_ms",
+        "best_per_task_p50_ms",
+    }
+    assert all(isinstance(g["met"], bool) for g in r["goals"].values())
+
+
+def test_human_lines_show_each_goal() -> None:
+    """Without ``--json`` the table on stderr prints each figure beside its goal."""
+    out = run_hive(
+        "bench", "ingest", "--events", "500", "--paced-seconds", "0.5", "--query-rows", "0", timeout=240
+    )
+    assert out.returncode == 0, out.stderr
+    orjson.loads(out.stdout)  # stdout is the JSON alone
+    assert "best_per_task p50" in out.stderr and "<= 100" in out.stderr

@@ -6,8 +6,9 @@ One run measures, against the same server, and prints each figure beside its goa
    ``Nats-Msg-Id``, no hive code, on a stream of its own, nothing else running;
 2. ``hive_publish_alone_per_s`` — hive's public :meth:`streams.Publisher.publish_many` (encode,
    subject, bounded window of in-flight publishes, every PubAck checked), nothing else running:
-   the figure the ``hive publish >= 0.8x raw`` goal compares; ``hive_publish_per_s`` is the same
-   call while the materializer ingests (the end-to-end arm);
+   the figure the ``hive publish >= 0.8x raw`` goal compares. These two arms run last, alternated
+   in halves (raw, hive, raw, hive) so that both see the same machine load.
+   ``hive_publish_per_s`` is the same call while the materializer ingests (the end-to-end arm);
 3. ``end_to_end_per_s`` — events/s from the first publish until the last event is committed
    in DuckDB by ``hive materialize`` running as its own process (as in production);
 4. ``latency_ms`` p50/p99 — publish → queryable at full rate, from sampled events, polling the
@@ -109,28 +110,45 @@ def realistic_events(n: int, seed: int = 0, *, start: int = 0) -> list[streams.E
     return out
 
 
-async def _raw_publish(url: str, pool: list[bytes], n: int) -> float:
-    """Baseline: plain nats-py publish_async of ``n`` payloads (cycling ``pool``) with msg ids to a
-    stream of its own. Returns msg/s."""
+async def _publish_arms(
+    url: str, pool: list[bytes], events: list[streams.ExperimentFinished]
+) -> tuple[float, float]:
+    """The two publish-only arms, alternated in halves (raw, hive, raw, hive) so that both see the
+    same machine load: plain nats-py ``publish_async`` of payloads cycled from ``pool`` with msg
+    ids to a stream of its own (no hive code), and hive's :meth:`streams.Publisher.publish_many`
+    of ``events``. Returns (raw msg/s, hive msg/s), each over ``len(events)`` messages."""
     import nats
     from nats.js.api import StorageType, StreamConfig
 
+    n, k = len(events), len(pool)
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name="RAWBENCH", subjects=["rawbench.>"], storage=StorageType.FILE, duplicate_window=120.0
+    hnc = await streams.connect(url, name="hive-bench-publish")
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name="RAWBENCH", subjects=["rawbench.>"], storage=StorageType.FILE, duplicate_window=120.0
+            )
         )
-    )
-    k = len(pool)
-    t0 = time.perf_counter()
-    for i in range(n):
-        await js.publish_async(f"rawbench.a{i % 16}", pool[i % k], headers={"Nats-Msg-Id": f"raw-{i}"})
-    await js.publish_async_completed()
-    rate = n / (time.perf_counter() - t0)
-    await js.delete_stream("RAWBENCH")
-    await nc.close()
-    return rate
+        hive_pub = streams.Publisher(hnc.jetstream())
+        t_raw = t_hive = 0.0
+        for lo, hi in ((0, n // 2), (n // 2, n)):
+            t = time.perf_counter()
+            for i in range(lo, hi):
+                await js.publish_async(
+                    f"rawbench.a{i % 16}", pool[i % k], headers={"Nats-Msg-Id": f"raw-{i}"}
+                )
+            await js.publish_async_completed()
+            t_raw += time.perf_counter() - t
+            chunk = events[lo:hi]
+            t = time.perf_counter()
+            await hive_pub.publish_many(chunk)
+            t_hive += time.perf_counter() - t
+        await js.delete_stream("RAWBENCH")
+    finally:
+        await nc.close()
+        await hnc.close()
+    return n / t_raw, n / t_hive
 
 
 async def _applied(nc: Any) -> int:
@@ -278,7 +296,7 @@ def best_per_task_latency(rows: int, *, repeat: int = 15) -> dict[str, Any]:
 _REBUILT = re.compile(r"through seq (\d+) in ([0-9.]+)s")
 
 
-async def _rebuild_subprocess(url: str, db: Path, env: dict[str, str]) -> dict[str, Any]:
+async def rebuild_subprocess(url: str, db: Path, env: dict[str, str]) -> dict[str, Any]:
     """``hive rebuild`` as users run it, in its own process: seconds (its own timing, without
     the interpreter's start), events, events/s, peak RSS, file size."""
     t = time.perf_counter()
@@ -378,10 +396,6 @@ async def run_ingest_bench(
         events = realistic_events(n)
         pool = [streams.encode(e) for e in events[: min(n, 50_000)]]
         event_bytes = round(statistics.mean(len(p) for p in pool))
-        _say(progress, "raw nats-py publish")
-        raw = await _raw_publish(url, pool, n)
-        del pool
-
         nc = await streams.connect(url, name="hive-bench")
         js = nc.jetstream()
         await streams.ensure_stream(js)
@@ -472,20 +486,16 @@ async def run_ingest_bench(
         }
 
         _say(progress, "rebuild (hive rebuild, its own process)")
-        rb = await _rebuild_subprocess(url, Path(tmp.name) / "rebuilt.duckdb", env)
+        rb = await rebuild_subprocess(url, Path(tmp.name) / "rebuilt.duckdb", env)
 
-        _say(progress, "hive Publisher alone")
+        _say(progress, "raw nats-py publish and hive Publisher alone, alternated")
         alone_events = [
             e.model_copy(update={"event_id": f"alone/{e.event_id}", "run_id": f"alone-{e.run_id}"})
             for e in events
         ]
         events = []  # the copies keep what they share with the originals
-        nc = await streams.connect(url, name="hive-bench-alone")
-        t1 = time.perf_counter()
-        await streams.Publisher(nc.jetstream()).publish_many(alone_events)
-        alone = n / (time.perf_counter() - t1)
-        await nc.close()
-        del alone_events
+        raw, alone = await _publish_arms(url, pool, alone_events)
+        del alone_events, pool
 
         bpt = None
         if query_rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -51,3 +53,28 @@ def test_human_lines_show_each_goal() -> None:
     assert out.returncode == 0, out.stderr
     orjson.loads(out.stdout)  # stdout is the JSON alone
     assert "best_per_task p50" in out.stderr and "<= 100" in out.stderr
+
+
+def test_rebuild_scale_script(tmp_path: Path) -> None:
+    """``bench/rebuild_scale.py`` grows a log through two sizes, rebuilds each with ``hive rebuild``
+    (one row per event), and writes the JSON and the plot."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "rebuild_scale.py"),
+            "--sizes",
+            "800,2000",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    report = orjson.loads(out.stdout)
+    assert [r["events"] for r in report["results"]] == [800, 2000]
+    for r in report["results"]:
+        assert r["rows"] == r["events"] and r["per_s"] > 0 and r["peak_rss_mib"] > 10 and r["db_bytes"] > 0
+    assert (tmp_path / "rebuild_scale.json").exists()
+    assert (tmp_path / "rebuild_scale.png").stat().st_size > 1000

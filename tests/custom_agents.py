@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents import Agent, Task, on
+from agents import Agent, History, MutationProposer, Proposer, ProposerUnavailable, Task, on
 from agents._backoff import Backoff
 from agents.builtin.researcher import Researcher
 from streams import ExperimentFinished, GuidancePublished
@@ -99,3 +100,42 @@ class Echo(Agent):
                 hint=f"saw {event.event_id}",
             )
         )
+
+
+class WorstCornerProposer(Proposer):
+    """A deliberately bad proposer: of 64 prior samples, the one with the worst true (noiseless)
+    objective, so it lands in the worst region of the space every time, with a fresh recipe each
+    time (never a repeat the portfolio would skip it for). Needs a task with ``true_objective``."""
+
+    name: ClassVar[str] = "worst-corner"
+
+    def propose(self, history: History, rng: random.Random) -> BaseModel:
+        """The worst of 64 prior samples by the task's true objective."""
+        task = history.task
+        scored = [(task.true_objective(r), r) for r in (task.sample(rng) for _ in range(64))]
+        known = [(v, r) for v, r in scored if v is not None]
+        if not known:
+            raise ProposerUnavailable(f"{task.ref} has no true objective")
+        return max(known, key=lambda vr: vr[0])[1]
+
+
+class BadProposerResearcher(Researcher):
+    """The built-in researcher with one extra arm, :class:`WorstCornerProposer`, added through
+    :meth:`Researcher.arms` (the public way to give a researcher more proposers)."""
+
+    type_name: ClassVar[str] = "badproposerresearcher"
+
+    def arms(self) -> list[Proposer]:
+        """Mutation, prior, TPE and the worst-corner proposer."""
+        return [*super().arms(), WorstCornerProposer()]
+
+
+class MutationOrWorstResearcher(Researcher):
+    """The built-in researcher with exactly two arms, mutation and :class:`WorstCornerProposer`
+    (a uniform choice would give each half)."""
+
+    type_name: ClassVar[str] = "mutationorworstresearcher"
+
+    def arms(self) -> list[Proposer]:
+        """Mutation and the worst-corner proposer."""
+        return [MutationProposer(), WorstCornerProposer()]

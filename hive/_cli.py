@@ -581,6 +581,13 @@ _UP = UpConfig()
     "(a campaign's per-instance budget: env HIVE_INSTANCE_BUDGET).",
 )
 @click.option(
+    "--deploy-instances",
+    default=None,
+    envvar="HIVE_DEPLOY_INSTANCES",
+    help="Deployers: the range of new instances to take, each once, e.g. 1000-1999 (env "
+    "HIVE_DEPLOY_INSTANCES; default: each deployer its own block from 100000).",
+)
+@click.option(
     "--duration",
     default=_UP.duration_s,
     show_default=True,
@@ -649,6 +656,7 @@ def up(
     n_agents: int,
     types: str,
     task: str,
+    deploy_instances: str | None,
     duration: float,
     data_dir: str,
     url: str | None,
@@ -666,7 +674,7 @@ def up(
     DATA/plots. With --secure, log in from outside with
     HIVE_NATS_CREDENTIALS=DATA/credentials/admin.json and the URL in DATA/nats.url.
     """
-    from agents import load_agent_type, parse_campaign
+    from agents import load_agent_type, parse_campaign, parse_instances
 
     from ._supervisor import Swarm
 
@@ -677,6 +685,11 @@ def up(
         parse_campaign(task)  # one instance (hartmann6/0) or a campaign (hartmann6/0-31, a/0,a/3-5)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    if deploy_instances is not None:
+        try:
+            parse_instances(deploy_instances)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--deploy-instances") from None
     if not type_list and n_agents:
         raise click.BadParameter("give at least one agent type", param_hint="--types")
     if secure and url:
@@ -698,6 +711,7 @@ def up(
         http_port=http_port,
         distill=distill,
         distill_every_traces=distill_every,
+        extra_agent_args=[] if deploy_instances is None else ["--deploy-instances", deploy_instances],
         secure=secure,
         cluster=nodes,
         durability=durability,

@@ -40,6 +40,7 @@ from streams import (
     connect,
     ensure_agent_buckets,
     ensure_stream,
+    open_log_reader,
 )
 
 from ._failpoints import failpoint
@@ -185,7 +186,8 @@ class Materializer:
         return self.stats
 
     async def _ingest(self, nc: Client) -> None:
-        reader = await LogReader(
+        # The raw-protocol reader where the server allows it (plain nats://, no auth, no TLS).
+        reader = await open_log_reader(
             nc, after_seq=self.stats.applied_seq, inactive_threshold=self.inactive_threshold
         ).start()
         pending: asyncio.Future[bool] | None = None

@@ -74,6 +74,7 @@ from ._examples import example
 from ._fastcodec import FastEvent, fast_decode
 from ._publisher import NoStreamError, Publisher, PublishError, StreamFullError
 from ._query_client import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, QueryError, QueryResult, remote_query
+from ._rawread import RAW_READER_ENV, RawLogReader, open_log_reader, raw_reader_possible
 from ._server import (
     DURABILITY_DOC,
     Durability,
@@ -115,6 +116,7 @@ __all__ = [
     "MODEL_BUCKET",
     "POINTER_BUCKET",
     "QUERY_SUBJECT",
+    "RAW_READER_ENV",
     "RUN_CLAIMS_BUCKET",
     "STATUS_SUBJECT",
     "STREAM",
@@ -155,6 +157,7 @@ __all__ = [
     "Publisher",
     "QueryError",
     "QueryResult",
+    "RawLogReader",
     "ServerError",
     "SignatureError",
     "SignedPointer",
@@ -192,7 +195,9 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "object_names",
+    "open_log_reader",
     "parse_durability",
+    "raw_reader_possible",
     "release_claim",
     "remote_query",
     "render_auth_config",

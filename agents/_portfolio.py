@@ -8,7 +8,13 @@ alone stops telling arms apart once an instance is nearly solved (nobody improve
 let a bad arm back in; the graded reward keeps ranking them. :class:`ArmStats` keeps, per
 (family, proposer), a Beta posterior of that reward with a slow forgetting factor (recent
 evidence counts more). :class:`Portfolio` samples each
-arm's posterior (Thompson sampling) and asks the arm with the highest draw; with probability
+arm's posterior (Thompson sampling) and asks the arm with the highest draw. The posterior is
+hierarchical: the family's record is the prior, worth at most :data:`PRIOR_TRIALS` trials, and
+the arm's own trials on *this* instance (read from its history) are added at full weight, so an
+arm that is good on the family is trusted from the first trial of a new instance, and an arm that
+stalls on this instance loses its lead within a few trials instead of the ~1000 the family's
+record would take to forget. A model version with no record yet inherits the record of the
+latest earlier version (the gate promoted it only because it beat that version). Then, with probability
 ``floor`` it asks an arm drawn uniformly instead (the exploration floor), so every arm keeps a
 share of at least ``floor / len(arms)`` and a starved arm can come back if it starts to pay. A
 model that improves less often than mutation is therefore asked less and less, automatically.
@@ -37,6 +43,8 @@ log = structlog.get_logger("agents.portfolio")
 
 DECAY = 0.999
 """Forgetting factor per recorded trial of a family: the evidence of the last ~1000 trials dominates."""
+PRIOR_TRIALS = 12.0
+"""The most trials a family's record counts for in an arm's posterior on one instance."""
 REPEATS = 3
 """How many times one arm may return an already-finished recipe before it is skipped for this choice."""
 
@@ -49,6 +57,43 @@ def improvement(earlier: Sequence[float], objective: float | None) -> float:
     if not earlier:
         return 1.0
     return (len(earlier) - bisect.bisect_right(earlier, objective)) / len(earlier)
+
+
+KEEP_RESULTS = 1024
+"""Best results an instance's :class:`Ranks` keeps (bounded memory whatever the history's size)."""
+
+
+@dataclass
+class Ranks:
+    """An instance's results so far, to score a new one by :func:`improvement` in bounded memory.
+
+    Keeps the best :data:`KEEP_RESULTS` results sorted and counts the rest (all worse than every
+    kept one): a result at least as good as the worst kept beats every dropped one too; one worse
+    than every kept result gets no credit for the dropped ones (a slight underestimate)."""
+
+    kept: list[float] = field(default_factory=list)
+    dropped: int = 0
+
+    def score(self, objective: float | None) -> float:
+        """The :func:`improvement` of ``objective`` over the results so far (0.0 for a failure)."""
+        if objective is None:
+            return 0.0
+        total = len(self.kept) + self.dropped
+        if not total:
+            return 1.0
+        beaten = len(self.kept) - bisect.bisect_right(self.kept, objective)
+        if self.kept and objective <= self.kept[-1]:
+            beaten += self.dropped
+        return beaten / total
+
+    def add(self, objective: float | None) -> None:
+        """Count a finished result (a failure is not a result to beat)."""
+        if objective is None:
+            return
+        bisect.insort(self.kept, objective)
+        if len(self.kept) > KEEP_RESULTS:
+            self.kept.pop()
+            self.dropped += 1
 
 
 @dataclass
@@ -75,9 +120,30 @@ class ArmStats:
         c[1] += 1.0 - r
 
     def get(self, family: str, proposer: str) -> tuple[float, float]:
-        """``(reward, 1 - reward)`` discounted sums (zeros for an arm never tried)."""
-        c = self.counts.get(family, {}).get(proposer)
+        """``(reward, 1 - reward)`` discounted sums (zeros for an arm never tried).
+
+        A versioned proposer (``model-v7``) never tried on the family inherits the sums of its
+        latest earlier version that was (``model-v5`` if v6 never ran there)."""
+        arms = self.counts.get(family, {})
+        c = arms.get(proposer)
+        if c is None:
+            version = _versioned(proposer)
+            if version is not None:
+                stem, n = version
+                earlier = [
+                    (v[1], name) for name in arms if (v := _versioned(name)) and v[0] == stem and v[1] < n
+                ]
+                if earlier:
+                    c = arms[max(earlier)[1]]
         return (c[0], c[1]) if c else (0.0, 0.0)
+
+
+def _versioned(name: str) -> tuple[str, int] | None:
+    """``("model-v", 7)`` for ``model-v7``; None for a name without a trailing version number."""
+    stem, sep, tail = name.rpartition("-v")
+    if not sep or not stem or not tail.isdigit() or len(tail) > 9:
+        return None
+    return stem + sep, int(tail)
 
 
 class Portfolio:
@@ -113,22 +179,36 @@ class Portfolio:
         self.family = ""
         self.learn = learn
         self._fallback = PriorProposer()
-        self._observed: dict[str, tuple[int, list[float]]] = {}
-        """instance ref → (trials already recorded, their sorted ok objectives and baselines)."""
+        self._observed: dict[str, tuple[int, Ranks, dict[str, list[float]]]] = {}
+        """instance ref → (the last trial seen: its ``seq``, or the count where trials carry none;
+        the instance's results; per proposer the [reward, 1 - reward] sums of its trials there)."""
 
-    def observe(self, history: History) -> None:
-        """Record the reward of every trial ``history`` gained since the last call for its
-        instance (a history that shrank, e.g. capped, starts over)."""
+    def observe(self, history: History, *, record: bool = True) -> dict[str, list[float]]:
+        """Score every trial ``history`` gained since the last call for its instance (a history
+        that shrank, e.g. capped, starts over); with ``record``, also count them in the family's
+        :class:`ArmStats`. Returns the instance's per-proposer reward sums."""
         ref = history.task.ref
-        done, earlier = self._observed.get(ref, (0, []))
-        if done > len(history.trials) or not done:
-            done, earlier = 0, sorted(history.baselines)
-        for t in history.trials[done:]:
+        trials = history.trials
+        by_seq = bool(trials) and all(t.seq > 0 for t in trials)  # a capped history keeps seqs
+        last, ranks, mine = self._observed.get(ref, (0, Ranks(), {}))
+        if not last or (not by_seq and last > len(trials)):
+            last, ranks, mine = 0, Ranks(), {}
+            for b in history.baselines:
+                ranks.add(b)
+        new = [t for t in trials if t.seq > last] if by_seq else trials[last:]
+        for t in new:
             objective = t.objective if t.ok else None
-            self.stats.record(history.task.name, t.proposer, improvement(earlier, objective))
-            if objective is not None:
-                bisect.insort(earlier, objective)
-        self._observed[ref] = (len(history.trials), earlier)
+            reward = ranks.score(objective)
+            if record:
+                self.stats.record(history.task.name, t.proposer, reward)
+            c = mine.setdefault(t.proposer, [0.0, 0.0])
+            c[0] += reward
+            c[1] += 1.0 - reward
+            ranks.add(objective)
+        if new:
+            last = max(t.seq for t in new) if by_seq else len(trials)
+        self._observed[ref] = (last, ranks, mine)
+        return mine
 
     def set_arms(self, arms: Sequence[Proposer]) -> None:
         """Replace the arms (a new model version loaded); the statistics are kept."""
@@ -136,19 +216,32 @@ class Portfolio:
             raise ValueError("a portfolio needs at least one arm")
         self.arms = list(arms)
 
-    def order(self, family: str) -> tuple[list[tuple[Proposer, str]], bool]:
+    def order(
+        self, family: str, instance: dict[str, list[float]] | None = None
+    ) -> tuple[list[tuple[Proposer, str]], bool]:
         """The arms in the order to ask them, each with its reason; and whether the floor fired.
 
-        Thompson: one Beta(1 + improved, 1 + not improved) draw per arm, highest first. Floor: a
-        uniformly drawn arm first, then the Thompson order."""
+        Thompson: one draw per arm from Beta(1 + w·s + s_i, 1 + w·f + f_i), highest first, where
+        (s, f) is the family's record of the arm, w scales it down to at most
+        :data:`PRIOR_TRIALS` trials, and (s_i, f_i) are the arm's reward sums on this instance
+        (``instance``, from :meth:`observe`). Floor: a uniformly drawn arm first, then the
+        Thompson order."""
+        instance = instance or {}
         draws = []
         for arm in self.arms:
             s, f = self.stats.get(family, arm.name)
-            draws.append((self.rng.betavariate(1.0 + s, 1.0 + f), arm, s, s + f))
+            w = min(1.0, PRIOR_TRIALS / (s + f)) if s + f > 0 else 0.0
+            si, fi = instance.get(arm.name, (0.0, 0.0))
+            a, b = w * s + si, w * f + fi
+            draws.append((self.rng.betavariate(1.0 + a, 1.0 + b), arm, s, s + f, si, si + fi))
         draws.sort(key=lambda d: -d[0])
         ranked = [
-            (arm, f"thompson {theta:.3f} (reward {s:.1f} of {n:.1f} trials on {family})")
-            for theta, arm, s, n in draws
+            (
+                arm,
+                f"thompson {theta:.3f} (reward {s:.1f} of {n:.1f} trials on {family}, "
+                f"{si:.1f} of {ni:.0f} here)",
+            )
+            for theta, arm, s, n, si, ni in draws
         ]
         if self.rng.random() < self.floor:
             pick = self.rng.randrange(len(self.arms))
@@ -164,9 +257,8 @@ class Portfolio:
         one already finished there. ``accept`` (optional) may refuse a recipe (e.g. a region the
         guidance says to avoid); a refused recipe counts as a repeat."""
         self.family = history.task.name
-        if self.learn:
-            self.observe(history)
-        ranked, _ = self.order(self.family)
+        mine = self.observe(history, record=self.learn)
+        ranked, _ = self.order(self.family, mine)
         skipped: list[str] = []
         for arm, reason in ranked:
             for _ in range(REPEATS):

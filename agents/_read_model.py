@@ -12,6 +12,7 @@ network itself.
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from streams import DeploymentFinished, Event, ExperimentFinished, GuidancePublished
 
-from ._portfolio import ArmStats
+from ._portfolio import ArmStats, Ranks
 from ._proposer import History, Trial, recipe_key
 from ._task import Task
 
@@ -54,6 +55,8 @@ class TaskView:
     """The best ok trials, a heap whose root is the worst kept: ``(-objective, order, trial)``."""
     finished: dict[str, None] = field(default_factory=dict)
     """Keys of the finished recipes (insertion-ordered; the oldest dropped past the cap)."""
+    ranks: Ranks = field(default_factory=Ranks)
+    """The instance's results (baselines and trials), to score a trial's improvement."""
 
     def add_trial(self, trial: Trial) -> None:
         """Keep a finished trial (bounded: best and latest), and remember its recipe."""
@@ -121,16 +124,15 @@ class SwarmView:
         if isinstance(event, ExperimentFinished):
             tv = self.task(event.task)
             tv.experiments += 1
+            ok = event.status == "ok" and event.objective is not None and math.isfinite(event.objective)
             if event.proposer != "baseline":
-                before = tv.best_objective
-                ok = event.status == "ok" and event.objective is not None
-                tv.add_trial(
-                    Trial(event.recipe, event.objective if ok else None, event.status, event.proposer, seq)
-                )
-                improved = (
-                    ok and before is not None and event.objective is not None and event.objective < before
-                )
-                self.proposers.record(event.task.split("/", 1)[0], event.proposer, improved)
+                objective = event.objective if ok else None
+                trial = Trial(event.recipe, objective, event.status, event.proposer, seq)
+                tv.add_trial(trial)
+                # the portfolio's graded reward: the share of the instance's results it beats
+                reward = tv.ranks.score(trial.objective)
+                self.proposers.record(event.task.split("/", 1)[0], event.proposer, reward)
+            tv.ranks.add(event.objective if ok else None)
             if event.status != "ok" or event.objective is None:
                 tv.failures += 1
                 return

@@ -64,6 +64,13 @@ CUDA_STEPS = 600
 """Training steps per candidate on CUDA unless told otherwise."""
 CPU_STEPS = 300
 """Training steps per candidate on CPU unless told otherwise."""
+HISTORY_CUDA_STEPS = 2000
+"""The history backend's training steps per candidate on CUDA unless told otherwise."""
+HISTORY_CPU_STEPS = 1000
+"""The history backend's training steps per candidate on CPU unless told otherwise: the small
+default model takes ~25 s for them on two idle cores; at 300 it had not yet learned where a
+family's good recipes lie (measured offline on lmrecipe, 48 instances: median trials to target
+of the portfolio with the model 26.5 at 1000 steps against 40.5 at 300)."""
 CUDA_BATCH_SIZE = 128
 """Training batch size on CUDA unless told otherwise."""
 CPU_BATCH_SIZE = 16
@@ -99,7 +106,8 @@ class DistillConfig:
     once: bool = False
     min_examples: int = 16
     steps: int | None = None
-    """Training steps per candidate; None: :data:`CUDA_STEPS` on CUDA, :data:`CPU_STEPS` on CPU."""
+    """Training steps per candidate; None: :data:`CUDA_STEPS` on CUDA, :data:`CPU_STEPS` on CPU
+    (the history backend: :data:`HISTORY_CUDA_STEPS`, :data:`HISTORY_CPU_STEPS`)."""
     batch_size: int | None = None
     lr: float = 3e-3
     seed: int = 0
@@ -125,8 +133,10 @@ class DistillConfig:
     """Peak learning rate of the LoRA adapter (``lr`` is the byte policy's)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """The history backend's research-value gate: held-out instances, seeds, trials per study."""
-    top_q: float = 0.1
-    """Hindsight targets: each instance's top ``top_q`` trials (history backend)."""
+    top_q: float = 0.05
+    """Hindsight targets: each instance's top ``top_q`` trials (history backend). 5% rather than
+    10%: the tighter targets taught the model where the optimum lies, not just the good region
+    (offline, lmrecipe: model alone 13.5 median trials to target against 39.5 at 10%)."""
 
 
 Model = Policy | _hf.HFPolicy | HistoryModel
@@ -525,7 +535,11 @@ class Distiller:
 
         device = torch.device(self.cfg.device) if self.cfg.device else pick_device()
         cuda = device.type == "cuda"
-        steps = self.cfg.steps if self.cfg.steps is not None else (CUDA_STEPS if cuda else CPU_STEPS)
+        steps = (
+            self.cfg.steps
+            if self.cfg.steps is not None
+            else (HISTORY_CUDA_STEPS if cuda else HISTORY_CPU_STEPS)
+        )
         batch_size = (
             self.cfg.batch_size
             if self.cfg.batch_size is not None

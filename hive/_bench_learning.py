@@ -14,8 +14,11 @@ Per family, two phases:
    loss reaches a normalised regret <= 0.05 (0 = the optimum, 1 = the baseline recipe), within
    ``budget`` trials. The arms:
 
-   * ``hive``: the portfolio (mutation, prior, TPE, the trained model) -- the researcher's choice;
-   * ``generation0``: the same portfolio without a model;
+   * ``hive``: the portfolio (mutation, prior, TPE, the trained model) -- the researcher's choice,
+     starting from the family's proposer record as the trained hive's read model holds it (what
+     a researcher joining that hive would know: which proposers paid on the family);
+   * ``generation0``: the same portfolio and record without a model (so the difference between
+     the two is the model's);
    * ``tpe``: Optuna TPE from scratch;
    * ``tpe_warm``: TPE with the trained instances' best recipes enqueued first;
    * ``random``: prior samples.
@@ -76,13 +79,13 @@ class BenchConfig:
     """Settings of one benchmark run (the CLI options)."""
 
     families: list[str]
-    train_instances: int = 32
-    train_seconds: float = 240.0
+    train_instances: int = 48
+    train_seconds: float = 420.0
     heldout: int = 6
     seeds: int = 3
-    budget: int = 300
+    budget: int = 200
     agents: int = 4
-    distill_every: int = 200
+    distill_every: int = 1500
     jobs: int = 2
     out: Path = Path("bench-learning")
     quick: bool = False
@@ -101,6 +104,8 @@ class Trained:
     model_weights: bytes | None = None
     model_meta: bytes | None = None
     model_reason: str = ""
+    arm_stats: dict[str, list[float]] = field(default_factory=dict)
+    """The family's proposer record after training: proposer → [reward, 1 - reward] sums."""
 
 
 # ------------------------------------------------------------------------------------- phase 1
@@ -186,6 +191,14 @@ def train(family: str, cfg: BenchConfig, root: Path) -> Trained:
             refs,
         ).fetchall()
         trained.best_recipes = [json.loads(r[0]) for r in rows if r[0]]
+        trained.arm_stats = family_record(
+            family,
+            con.execute(
+                f"""SELECT task, seq, objective, status, proposer FROM experiments
+                    WHERE task IN ({placeholders}) ORDER BY seq""",
+                refs,
+            ).fetchall(),
+        )
         published = con.execute(
             "SELECT name, version, sha256, size FROM models WHERE decision = 'published' "
             "AND version IS NOT NULL ORDER BY seq DESC LIMIT 1"
@@ -210,6 +223,28 @@ def train(family: str, cfg: BenchConfig, root: Path) -> Trained:
     except Exception as e:  # a store we cannot read: the arm is unavailable, with the reason
         trained.model_reason = f"cannot read model v{version}: {type(e).__name__}: {e}"
     return trained
+
+
+def family_record(family: str, rows: Sequence[Sequence[Any]]) -> dict[str, list[float]]:
+    """The family's proposer record (:class:`agents.ArmStats`) from ``(task, seq, objective,
+    status, proposer)`` rows in log order, scored as a researcher's portfolio scores them."""
+    from agents._portfolio import ArmStats, Portfolio
+    from agents._proposer import Trial
+
+    stats = ArmStats()
+    scorer = Portfolio([PriorProposer()], rng=random.Random(0), family_stats=stats)
+    per_task: dict[str, tuple[list[Trial], list[float]]] = {}
+    for task, seq, objective, status, proposer in rows:
+        trials, baselines = per_task.setdefault(task, ([], []))
+        ok = status == "ok" and objective is not None and math.isfinite(objective)
+        if proposer == "baseline":
+            if ok:
+                baselines.append(float(objective))
+            continue
+        trials.append(Trial({}, float(objective) if ok else None, status, proposer, int(seq)))
+    for ref, (trials, baselines) in per_task.items():
+        scorer.observe(History(task=load_task(ref), trials=tuple(trials), baselines=tuple(baselines)))
+    return {k: [round(v[0], 3), round(v[1], 3)] for k, v in stats.counts.get(family, {}).items()}
 
 
 async def _read_model(data: Path, name: str, version: int, sha256: str, size: int) -> tuple[bytes, bytes]:
@@ -284,7 +319,7 @@ def _proposer_fn(
     if arm in ("tpe", "tpe_warm"):
         tpe = TPEProposer(warm_start=job["warm_start"] if arm == "tpe_warm" else ())
         return lambda h, r: (tpe.propose(h, r), tpe.name)
-    from agents._portfolio import Portfolio
+    from agents._portfolio import ArmStats, Portfolio
 
     arms: list[Proposer] = [MutationProposer(), PriorProposer(), TPEProposer()]
     if arm == "hive":
@@ -292,7 +327,10 @@ def _proposer_fn(
         if key not in _WORKER_MODEL:
             _WORKER_MODEL[key] = _load_model(job["model_weights"], job["model_meta"], job["model_version"])
         arms.append(_WORKER_MODEL[key])
-    portfolio = Portfolio(arms, rng=random.Random(f"portfolio|{job['ref']}|{job['seed']}"))
+    record = ArmStats(counts={job["family"]: {k: list(v) for k, v in job["arm_stats"].items()}})
+    portfolio = Portfolio(
+        arms, rng=random.Random(f"portfolio|{job['ref']}|{job['seed']}"), family_stats=record
+    )
     return lambda h, r: portfolio.choose(h)[:2]
 
 
@@ -355,6 +393,7 @@ def evaluate(family: str, trained: Trained, cfg: BenchConfig, pool: ProcessPoolE
             "warm_start": trained.best_recipes[:WARM_START_RECIPES],
             "model_weights": trained.model_weights, "model_meta": trained.model_meta,
             "model_version": trained.model_version,
+            "arm_stats": trained.arm_stats,
         }
         for arm in ARMS if status[arm] is None
         for ref in refs
@@ -417,6 +456,7 @@ def evaluate(family: str, trained: Trained, cfg: BenchConfig, pool: ProcessPoolE
             "best_recipes": len(trained.best_recipes),
             "model_version": trained.model_version,
             "model_reason": trained.model_reason or None,
+            "proposer_record": trained.arm_stats,
         },
         "heldout": refs,
         "regret": "true" if all(s[2] == "true" for s in scale.values()) else "observed",

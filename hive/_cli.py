@@ -15,6 +15,7 @@ import orjson
 
 import streams
 
+from ._bench_learning import BenchConfig
 from ._cli_errors import HiveGroup
 from ._logging import configure_logging
 from ._oneshot import connect_once, one_shot_options
@@ -447,6 +448,10 @@ def bench_ingest(n: int, url: str | None, as_json: bool, paced_seconds: float, q
         click.echo(human_line(result), err=True)
 
 
+_BL = BenchConfig(families=[])
+"""``hive bench learning``'s defaults are the benchmark's own (the help shows them)."""
+
+
 @bench.command("learning")
 @click.option(
     "--family",
@@ -458,14 +463,14 @@ def bench_ingest(n: int, url: str | None, as_json: bool, paced_seconds: float, q
 )
 @click.option(
     "--train-instances",
-    default=32,
+    default=_BL.train_instances,
     show_default=True,
     type=click.IntRange(1, 256),
     help="Train the hive on instances 0..K-1.",
 )
 @click.option(
     "--train-seconds",
-    default=240.0,
+    default=_BL.train_seconds,
     show_default=True,
     type=click.FloatRange(5),
     help="How long the hive trains on each family.",
@@ -478,7 +483,9 @@ def bench_ingest(n: int, url: str | None, as_json: bool, paced_seconds: float, q
     help="Held-out instances (1000, 1001, ...).",
 )
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Seeds per instance.")
-@click.option("--budget", default=300, show_default=True, type=click.IntRange(1), help="Trials per study.")
+@click.option(
+    "--budget", default=_BL.budget, show_default=True, type=click.IntRange(1), help="Trials per study."
+)
 @click.option(
     "--agents",
     "n_agents",
@@ -489,7 +496,7 @@ def bench_ingest(n: int, url: str | None, as_json: bool, paced_seconds: float, q
 )
 @click.option(
     "--distill-every",
-    default=200,
+    default=_BL.distill_every,
     show_default=True,
     type=click.IntRange(1),
     help="The training hive distills after this many new successful traces.",
@@ -532,7 +539,7 @@ def bench_learning(
     others: the hive (portfolio + model), generation 0, TPE, warm-started TPE, random search."""
     from agents import load_task
 
-    from ._bench_learning import BenchConfig, print_table, run_bench
+    from ._bench_learning import print_table, run_bench
 
     for family in families:
         try:

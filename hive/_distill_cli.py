@@ -39,9 +39,12 @@ class LazyHelpOption(click.Option):
 
 
 def _steps_help() -> str:
-    from distill._service import CPU_STEPS, CUDA_STEPS
+    from distill._service import CPU_STEPS, CUDA_STEPS, HISTORY_CPU_STEPS, HISTORY_CUDA_STEPS
 
-    return f"Training steps per candidate (default {CUDA_STEPS} on CUDA, {CPU_STEPS} on CPU)."
+    return (
+        f"Training steps per candidate (default {HISTORY_CUDA_STEPS} on CUDA, {HISTORY_CPU_STEPS} on "
+        f"CPU for --backend history; {CUDA_STEPS} on CUDA, {CPU_STEPS} on CPU for byte and hf)."
+    )
 
 
 def _batch_help() -> str:

@@ -203,7 +203,9 @@ def test_help_defaults_come_from_the_code() -> None:
 
     out = run_hive("distill", "--help")
     text = " ".join(out.stdout.split())
-    assert f"default {svc.CUDA_STEPS} on CUDA, {svc.CPU_STEPS} on CPU" in text, text
+    steps = f"default {svc.HISTORY_CUDA_STEPS} on CUDA, {svc.HISTORY_CPU_STEPS} on CPU for --backend history"
+    assert steps in text, text
+    assert f"{svc.CUDA_STEPS} on CUDA, {svc.CPU_STEPS} on CPU for byte and hf" in text, text
     cuda, cpu = svc.HISTORY_CUDA_BATCH_SIZE, svc.HISTORY_CPU_BATCH_SIZE
     history = f"default {cuda} on CUDA, {cpu} on CPU for --backend history"
     assert history in text, text

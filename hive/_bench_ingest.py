@@ -17,7 +17,8 @@ One run measures, against the same server, and prints each figure beside its goa
 5. ``query_ms`` — ``SELECT * FROM best_per_task`` through ``hive query``'s live path
    (:func:`streams.remote_query` to the materializer's query service) while the end-to-end arm
    ingests at full rate; ``query_snapshot_ms`` — ``hive query --db``'s path on the snapshot
-   file (open read-only, lock down, run with a deadline) in the same window;
+   file (open read-only, lock down, run with a deadline) in the same window; ``query_idle_ms``
+   the live path once ingest is over (what ingest adds to a query);
 6. ``materializer`` — its peak RSS over the whole run (``wait4``) and the DuckDB file's size;
 7. ``rebuild_per_s`` — ``hive rebuild`` (a subprocess) replays the whole log into a new file,
    with its peak RSS;
@@ -470,6 +471,14 @@ async def run_ingest_bench(
         lat = _latencies(sent_at, seen)
         e2e = n / t_e2e
 
+        idle: list[float] = []
+        for _ in range(20):  # the same query with the materializer idle: what ingest adds to it
+            with contextlib.suppress(Exception):
+                t = time.perf_counter()
+                await streams.remote_query(nc, BEST_SQL, timeout_s=10)
+                idle.append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.02)
+
         _say(progress, f"paced at half the end-to-end rate ({e2e / 2:,.0f}/s) for {paced_seconds:g} s")
         m = min(n, max(200, int(e2e / 2 * paced_seconds)))
         paced = await _paced(nc, pub, realistic_events(m, seed=1, start=n), e2e / 2, base)
@@ -517,6 +526,7 @@ async def run_ingest_bench(
             "hive_publish_ratio": round(alone / raw, 3),
             "paced": paced,
             "query_ms": {**_pcts(query_live), "path": "hive query --nats (remote_query to the live service)"},
+            "query_idle_ms": {**_pcts(idle), "path": "hive query --nats, the materializer idle"},
             "query_snapshot_ms": {
                 **_pcts(query_snap),
                 "path": "hive query --db on the snapshot (open read-only, lock down, run)",
@@ -584,7 +594,8 @@ def human_line(r: dict[str, Any]) -> str:
         f"{r['hive_publish_per_s']:,}/s; end to end {r['end_to_end_per_s']:,}/s; latency at full rate "
         f"p50 {r['latency_ms']['p50']} / p99 {r['latency_ms']['p99']} ms; rebuild {r['rebuild_per_s']:,}/s "
         f"(peak RSS {r['rebuild']['peak_rss_mib']} MiB); materializer peak RSS {mat['peak_rss_mib']} MiB, "
-        f"DuckDB {mat['db_bytes'] / 2**20:.1f} MiB; load {r['load_avg']['before'][0]} -> "
+        f"DuckDB {mat['db_bytes'] / 2**20:.1f} MiB; query p50 {r['query_ms']['p50']} ms while ingesting, "
+        f"{r['query_idle_ms']['p50']} ms idle; load {r['load_avg']['before'][0]} -> "
         f"{r['load_avg']['after'][0]}"
     )
     labels = {

@@ -329,7 +329,7 @@ def _say(progress: bool, text: str) -> None:
         print(f"[bench ingest] {text}", file=sys.stderr, flush=True)
 
 
-async def _paced(
+async def paced_arm(
     nc: Any, pub: streams.Publisher, events: list[streams.ExperimentFinished], rate: float, base: int
 ) -> dict[str, Any]:
     """Publish ``events`` at ``rate``/s (a burst every 10 ms, acks checked) while polling the
@@ -481,7 +481,7 @@ async def run_ingest_bench(
 
         _say(progress, f"paced at half the end-to-end rate ({e2e / 2:,.0f}/s) for {paced_seconds:g} s")
         m = min(n, max(200, int(e2e / 2 * paced_seconds)))
-        paced = await _paced(nc, pub, realistic_events(m, seed=1, start=n), e2e / 2, base)
+        paced = await paced_arm(nc, pub, realistic_events(m, seed=1, start=n), e2e / 2, base)
         await nc.close()
 
         hwm_before_stop = _peak_rss_mib(proc.pid)

@@ -78,3 +78,19 @@ def test_rebuild_scale_script(tmp_path: Path) -> None:
         assert r["rows"] == r["events"] and r["per_s"] > 0 and r["peak_rss_mib"] > 10 and r["db_bytes"] > 0
     assert (tmp_path / "rebuild_scale.json").exists()
     assert (tmp_path / "rebuild_scale.png").stat().st_size > 1000
+
+
+def test_paced_latency_script() -> None:
+    """``bench/paced_latency.py`` reports p50/p99 publish -> queryable for each paced rate."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paced_latency.py"), "--rates", "200,400", "--seconds", "1"],
+        capture_output=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    report = orjson.loads(out.stdout)
+    assert [a["target_per_s"] for a in report["arms"]] == [200, 400]
+    for arm in report["arms"]:
+        assert arm["events"] > 0 and arm["latency_ms"]["samples"] > 0 and arm["latency_ms"]["p50"] > 0
+    assert report["materializer_peak_rss_mib"] > 10

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,8 @@ INACTIVE_ENV = "HIVE_CONSUMER_INACTIVE_S"
 """Environment override of the reader's consumer inactive threshold, in seconds (default 60)."""
 
 _RETRY_MAX_S = 30.0
+_THREAD_WAIT_S = 120.0
+"""At stop, how long to wait for a commit or snapshot still running in a worker thread."""
 _NO_SPACE = ("no space left", "disk quota", "file too large")
 _STORAGE = (*_NO_SPACE, "could not write", "failed to commit", "read-only file system", "input/output error")
 
@@ -125,6 +130,7 @@ class Materializer:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer: duckdb.DuckDBPyConnection | None = None
         self._nc: Client | None = None
+        self._threads: set[asyncio.Future[Any]] = set()
         self.ready = asyncio.Event()
         """Set once the query service is subscribed (and the server knows it) and ingest begins."""
 
@@ -173,6 +179,8 @@ class Materializer:
             with contextlib.suppress(Exception):
                 if not nc.is_closed:
                     await nc.close()
+            if self._threads:  # cancelled while a commit or a snapshot runs: it still uses the writer
+                await asyncio.wait(list(self._threads), timeout=_THREAD_WAIT_S)
             writer, con = self._writer or writer, self._con or con  # reopened after a storage error?
             with contextlib.suppress(Exception):
                 if self.stats.snapshot_seq != self.stats.applied_seq:
@@ -237,7 +245,7 @@ class Materializer:
                     buffer = []
                 elif time.monotonic() - last_snapshot > self.snapshot_every_s:
                     if self.stats.snapshot_seq != self.stats.applied_seq:
-                        await asyncio.to_thread(self._snapshot)
+                        await self._in_thread(self._snapshot)
                     last_snapshot = time.monotonic()
             if pending is not None and await pending and buffer and await self._follows(reader, buffer):
                 await self._apply_durably(buffer)
@@ -247,6 +255,18 @@ class Materializer:
                 with contextlib.suppress(BaseException):
                     await pending
             await reader.close()
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in a worker thread. A cancelled caller stops waiting but the thread runs on
+        (a thread cannot be stopped), so it stays in ``_threads`` until done: :meth:`run` waits
+        for it before the final snapshot and closing the database (a 1M-event snapshot outlasted
+        the 10 s grace of a stop, and the final one raced it)."""
+        ctx = contextvars.copy_context()
+        fut = asyncio.get_running_loop().run_in_executor(None, functools.partial(ctx.run, fn, *args))
+        self._threads.add(fut)
+        fut.add_done_callback(self._threads.discard)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if nobody waits
+        return await asyncio.shield(fut)
 
     async def _rewind(self, reader: LogReader) -> None:
         """Point the reader at the applied checkpoint and re-create its consumer (if the server is
@@ -291,7 +311,7 @@ class Materializer:
                 if self._writer is None:
                     self._reopen()
                 assert self._writer is not None
-                await asyncio.to_thread(self._apply, self._writer, batch)
+                await self._in_thread(self._apply, self._writer, batch)
             except Exception as e:
                 kind = storage_failure(e)
                 if kind is None:

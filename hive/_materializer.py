@@ -49,7 +49,16 @@ from streams import (
 from ._failpoints import failpoint
 from ._lockdown import lock_down, snapshot_scratch_paths
 from ._query import answer_request
-from ._store import applied_seq, apply_batch, connect_db, open_store, snapshot_path_for, write_snapshot
+from ._store import (
+    StoreError,
+    applied_seq,
+    apply_batch,
+    apply_memory_limit,
+    connect_db,
+    open_store,
+    snapshot_path_for,
+    write_snapshot,
+)
 
 log = structlog.get_logger("hive.materializer")
 
@@ -354,6 +363,8 @@ class Materializer:
     def _reopen(self) -> None:
         """Open the database again after DuckDB invalidated it (raises while storage still fails)."""
         con = connect_db(self.db_path)
+        with contextlib.suppress(duckdb.Error, StoreError):  # the instance may still be cached (and locked)
+            apply_memory_limit(con)
         with contextlib.suppress(duckdb.Error):  # the same instance may still be cached (and locked)
             lock_down(con, scratch=snapshot_scratch_paths(self.snapshot_path))
         self._con, self._writer = con, con.cursor()

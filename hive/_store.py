@@ -125,6 +125,23 @@ _NOT_CORRUPTION = (
 """Signs in a DuckDB open error that the machine is at fault (disk, quotas, memory), not the file."""
 
 
+MEMORY_LIMIT_ENV = "HIVE_DUCKDB_MEMORY_LIMIT"
+"""DuckDB's ``memory_limit`` for the materializer's database (e.g. ``256MB``); unset: DuckDB's
+default (80% of the machine's memory). Measured in BENCHMARKS.md: a 1M-event rebuild peaked at
+895 MiB by default and at 529 MiB with ``256MB`` (513 MiB at 300k: flat), in 100 s vs 121 s."""
+
+
+def apply_memory_limit(con: duckdb.DuckDBPyConnection) -> None:
+    """Set ``memory_limit`` from :data:`MEMORY_LIMIT_ENV`, if set (a bad value is a StoreError)."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not limit:
+        return
+    try:
+        con.execute(f"SET memory_limit = {_sql_str(limit)}")
+    except duckdb.Error as e:
+        raise StoreError(f"{MEMORY_LIMIT_ENV}={limit!r} is not a memory limit DuckDB accepts: {e}") from None
+
+
 def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open (or create) the materializer's database and migrate it.
 
@@ -161,6 +178,11 @@ def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
         con.close()
         if any(sign in str(e) for sign in _NOT_CORRUPTION):
             raise StoreError(f"cannot prepare {path}: {e}") from None
+        raise
+    try:
+        apply_memory_limit(con)
+    except StoreError:
+        con.close()
         raise
     return con
 

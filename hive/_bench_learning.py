@@ -89,6 +89,10 @@ class BenchConfig:
     jobs: int = 2
     out: Path = Path("bench-learning")
     quick: bool = False
+    final_generation: bool = True
+    """After the training swarm stops, one more distiller generation over everything it collected
+    (what its distiller would do next): the model evaluated then does not depend on how many
+    generations a loaded machine fitted into ``train_seconds``."""
 
 
 @dataclass
@@ -171,6 +175,8 @@ def train(family: str, cfg: BenchConfig, root: Path) -> Trained:
         rc = _hive_up(data, spec, cfg.train_seconds, cfg, log_file, direct=True)
     if rc != 0:
         log.warning("hive_up_failed", family=family, rc=rc, log=str(log_file))
+    elif cfg.final_generation:
+        closing_generation(data, log_file)
     trained = Trained(instances=refs, mode=mode, seconds=time.monotonic() - start)
     db = data / "hive.duckdb"
     if not db.exists():
@@ -223,6 +229,50 @@ def train(family: str, cfg: BenchConfig, root: Path) -> Trained:
     except Exception as e:  # a store we cannot read: the arm is unavailable, with the reason
         trained.model_reason = f"cannot read model v{version}: {type(e).__name__}: {e}"
     return trained
+
+
+def closing_generation(data: Path, log_file: Path, timeout: float = 900.0) -> int:
+    """One ``hive distill --once`` over the stopped hive in ``data``: its NATS store restarted, a
+    materializer serving its query service on the same DuckDB file; the distiller's exit status.
+    The generation goes through the gate like any other (a rejected candidate publishes nothing)."""
+    import streams
+
+    from ._credentials_cli import signing_key_paths
+
+    key = next(
+        (
+            p
+            for p in (signing_key_paths(data / "credentials")[0], signing_key_paths(data / "keys")[0])
+            if p.exists()
+        ),
+        None,
+    )
+    if key is None:
+        log.warning("closing_generation_skipped", reason="no signing key in the hive's data directory")
+        return 1
+    hive = [sys.executable, "-m", "hive"]
+    with streams.EmbeddedServer(store_dir=data / "nats", http_port=None) as srv, log_file.open("ab") as out:
+        out.write(b"\n--- closing generation: hive distill --once ---\n")
+        out.flush()
+        mat = subprocess.Popen(
+            [*hive, "materialize", "--nats", srv.url, "--db", str(data / "hive.duckdb")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            proc = subprocess.run(
+                [*hive, "distill", "--once", "--nats", srv.url, "--key", str(key)],
+                stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+            )  # fmt: skip
+        finally:
+            mat.terminate()
+            try:
+                mat.wait(30)
+            except subprocess.TimeoutExpired:
+                mat.kill()
+                mat.wait()
+    if proc.returncode != 0:
+        log.warning("closing_generation_failed", rc=proc.returncode, log=str(log_file))
+    return proc.returncode
 
 
 def family_record(family: str, rows: Sequence[Sequence[Any]]) -> dict[str, list[float]]:

@@ -519,7 +519,7 @@ _BL = BenchConfig(families=[])
 @click.option(
     "--quick",
     is_flag=True,
-    help="Tiny settings (4 instances, 30 s, 2 held-out x 2 seeds, budget 40) for a smoke test.",
+    help="Small settings (8 instances, 45 s, 2 held-out x 2 seeds, budget 60) for a smoke test.",
 )
 def bench_learning(
     families: tuple[str, ...],
@@ -547,8 +547,8 @@ def bench_learning(
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--family") from None
     if quick:
-        train_instances, train_seconds, heldout, seeds, budget = 4, 30.0, 2, 2, 40
-        distill_every = min(distill_every, 50)
+        train_instances, train_seconds, heldout, seeds, budget = 8, 45.0, 2, 2, 60
+        distill_every = min(distill_every, 200)
     cfg = BenchConfig(
         families=list(families), train_instances=train_instances, train_seconds=train_seconds,
         heldout=heldout, seeds=seeds, budget=budget, agents=n_agents, distill_every=distill_every,

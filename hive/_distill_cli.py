@@ -136,7 +136,7 @@ def _check_key(key: str) -> None:
 @click.option(
     "--gate",
     "gate_spec",
-    default="3x2x40",
+    default="6x3x40",  # distill.GateConfig()'s (tests/test_cli.py checks; distill imports torch)
     show_default=True,
     help="history backend: the research-value gate's studies, INSTANCESxSEEDSxTRIALS.",
 )

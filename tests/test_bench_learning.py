@@ -14,11 +14,14 @@ from .conftest import run_hive
 
 
 def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
-    """--quick on a cheap family trains a real hive, then reports all five arms (each with figures
-    or an 'unavailable' reason), stable JSON keys, the per-run list, and writes the PNG."""
+    """--quick trains a real hive (``hive up`` with a campaign over lmrecipe/0-7 and the distiller,
+    then the closing ``hive distill --once`` generation), then reports all five arms (each with
+    figures or an 'unavailable' reason), the trained hive's proposer record, stable JSON keys, the
+    per-run list, and writes the PNG. (Whether the model arm beats generation 0 is measured by the
+    full benchmark, BENCHMARKS.md: at these settings it does not yet, reliably.)"""
     out = tmp_path / "out"
     proc = run_hive(
-        "bench", "learning", "--quick", "--family", "lmrecipe", "--out", str(out), "--json", timeout=300
+        "bench", "learning", "--quick", "--family", "lmrecipe", "--out", str(out), "--json", timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -27,15 +30,18 @@ def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
     family = report["families"]["lmrecipe"]
     assert set(family["arms"]) == set(ARMS)
     assert family["heldout"] == ["lmrecipe/1000", "lmrecipe/1001"] and family["regret"] == "true"
-    assert family["train"]["instances"] == [f"lmrecipe/{i}" for i in range(4)]
+    assert family["train"]["instances"] == [f"lmrecipe/{i}" for i in range(8)]
+    record = family["train"]["proposer_record"]
+    assert record.get("mutation", [0, 0])[0] > 0, record  # the trained hive's record was read
     for arm, data in family["arms"].items():
         if data["available"]:
             assert data["runs"] == 4 and len(data["per_run"]) == 4, arm
-            assert 1 <= data["median_trials"] <= 41 and len(data["curve"]) == 40
-            assert all(p["trials"] is None or 1 <= p["trials"] <= 40 for p in data["per_run"])
+            assert 1 <= data["median_trials"] <= 61 and len(data["curve"]) == 60
+            assert all(p["trials"] is None or 1 <= p["trials"] <= 60 for p in data["per_run"])
         else:
             assert data["reason"], arm
     assert family["arms"]["random"]["available"]  # needs nothing but the task
+    assert family["arms"]["generation0"]["available"]
 
 
 def test_cli_rejects_an_unknown_family(tmp_path: Path) -> None:

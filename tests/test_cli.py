@@ -203,6 +203,8 @@ def test_help_defaults_come_from_the_code() -> None:
 
     out = run_hive("distill", "--help")
     text = " ".join(out.stdout.split())
+    gate = svc.GateConfig()
+    assert f"{gate.instances}x{gate.seeds}x{gate.trials}" in text, text
     steps = f"default {svc.HISTORY_CUDA_STEPS} on CUDA, {svc.HISTORY_CPU_STEPS} on CPU for --backend history"
     assert steps in text, text
     assert f"{svc.CUDA_STEPS} on CUDA, {svc.CPU_STEPS} on CPU for byte and hf" in text, text

@@ -218,3 +218,124 @@ def test_a_model_is_loaded_only_through_a_registered_backend() -> None:
         load_policy(b"weights", {"backend": "nope"}, 3)
     with pytest.raises(ValueError, match="not JSON"):
         load_policy(b"weights", b"{", 3)
+
+
+class Fixed(Proposer):
+    """Proposes fresh prior samples under a chosen name (its quality set by the test's outcomes)."""
+
+    name: ClassVar[str] = "fixed"
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # type: ignore[misc]
+
+    def propose(self, history: History, rng: random.Random) -> BaseModel:
+        """A fresh sample."""
+        return history.task.sample(rng)
+
+
+def _first_choices(stats: ArmStats, trials: tuple[Trial, ...] = (), n: int = 200) -> dict[str, int]:
+    """How often each arm is asked first on branin/0 given ``stats`` and the instance's ``trials``
+    (a portfolio that does not learn, as a researcher's: its record comes from the read model)."""
+    task = load_task("branin/0")
+    p = Portfolio([Fixed("a"), Fixed("b")], rng=random.Random(1), family_stats=stats, floor=0.0, learn=False)
+    counts = {"a": 0, "b": 0}
+    for _ in range(n):
+        _, name, _ = p.choose(History(task, trials, (5.0, 5.0, 5.0)))
+        counts[name] += 1
+    return counts
+
+
+def test_family_record_is_a_prior_the_instance_overrides() -> None:
+    """An arm that paid on the family is asked first on a new instance (its record is the prior);
+    once it fails ten times on *this* instance while another arm improves three times, it loses its
+    lead, although its family record (1000 trials) would take ~1000 trials to forget: a record of
+    any size counts as at most PRIOR_TRIALS trials."""
+    from agents._portfolio import PRIOR_TRIALS
+
+    stats = ArmStats()
+    stats.counts["branin"] = {"a": [900.0, 100.0], "b": [600.0, 400.0]}
+    fresh = _first_choices(stats)
+    assert fresh["a"] > 0.8 * sum(fresh.values()), fresh
+    task = load_task("branin/0")
+    rs = [task.sample(random.Random(i)).model_dump() for i in range(13)]
+    # on this instance "a" returned 10 new worsts in a row, "b" improved the incumbent 3 times
+    here = (
+        *(Trial(rs[i], 9.0 + i, proposer="a", seq=i + 1) for i in range(10)),
+        *(Trial(rs[10 + i], 1.0 - 0.25 * i, proposer="b", seq=11 + i) for i in range(3)),
+    )
+    after = _first_choices(stats, here)
+    assert after["b"] > 0.7 * sum(after.values()), after
+    assert PRIOR_TRIALS <= 20
+
+
+def test_a_new_model_version_inherits_its_predecessors_record() -> None:
+    """``model-v3`` never tried on the family reads ``model-v2``'s record (the latest earlier
+    version tried), never a later one's or another name's; once tried it has its own."""
+    stats = ArmStats(decay=1.0)
+    stats.record("f", "model-v1", 0.0)
+    stats.record("f", "model-v2", 1.0)
+    stats.record("f", "model-v4", 0.5)
+    stats.record("f", "mutation", 1.0)
+    assert stats.get("f", "model-v3") == (1.0, 0.0)
+    assert stats.get("f", "model-v9") == (0.5, 0.5)
+    assert stats.get("f", "model-v0") == (0.0, 0.0)
+    assert stats.get("f", "other-v3") == (0.0, 0.0)
+    stats.record("f", "model-v3", 0.0)
+    assert stats.get("f", "model-v3") == (0.0, 1.0)
+
+
+def test_ranks_score_like_improvement_in_bounded_memory() -> None:
+    """Below the cap, :class:`Ranks` scores exactly as :func:`improvement`; past it, memory stays
+    at KEEP_RESULTS and a new best still scores 1.0, a result worse than every kept one 0.0."""
+    from agents._portfolio import KEEP_RESULTS, Ranks
+
+    rng = random.Random(3)
+    ranks, seen = Ranks(), []
+    for _ in range(300):
+        x = rng.random()
+        assert ranks.score(x) == pytest.approx(improvement(sorted(seen), x))
+        ranks.add(x)
+        seen.append(x)
+    for _ in range(KEEP_RESULTS * 2):
+        ranks.add(rng.random())
+    assert len(ranks.kept) == KEEP_RESULTS and ranks.dropped > 0
+    assert ranks.score(-1.0) == 1.0 and ranks.score(2.0) == 0.0 and ranks.score(None) == 0.0
+
+
+def test_read_model_scores_trials_with_the_portfolios_graded_reward() -> None:
+    """The read model's family record uses the portfolio's reward (share of the instance's results
+    beaten, baselines included): the same sums a portfolio observing the same history records."""
+    view = SwarmView()
+    task = load_task("branin/4")
+    rng = random.Random(5)
+    for i in range(3):
+        view.apply(_finished(i, task.baseline().model_dump(), 10.0 + i, "baseline"), i + 1)
+    trials = []
+    for i in range(40):
+        r = task.sample(rng).model_dump()
+        objective = rng.uniform(0.0, 20.0)
+        proposer = "mutation" if i % 3 else "prior"
+        view.apply(_finished(100 + i, r, objective, proposer), 100 + i)
+        trials.append(Trial(r, objective, proposer=proposer, seq=100 + i))
+    p = Portfolio([PriorProposer()], rng=random.Random(0))
+    p.observe(History(task, tuple(trials), (10.0, 11.0, 12.0)))
+    for name in ("mutation", "prior"):
+        assert view.proposers.get("branin", name) == pytest.approx(p.stats.get("branin", name))
+
+
+def test_bench_family_record_reads_trajectories_in_log_order() -> None:
+    """``hive bench learning`` seeds its hive and generation-0 arms with the record a researcher's
+    read model would hold: rows in log order, baselines as results to beat, failures scoring 0."""
+    from hive._bench_learning import family_record
+
+    rows = [
+        ("branin/0", 1, 5.0, "ok", "baseline"),
+        ("branin/0", 2, 4.0, "ok", "mutation"),  # beats the baseline: 1.0
+        ("branin/0", 3, 6.0, "ok", "tpe"),  # worst: 0.0
+        ("branin/0", 4, None, "failed", "tpe"),  # failure: 0.0
+        ("branin/1", 5, 3.0, "ok", "mutation"),  # first result there: 1.0
+    ]
+    record = family_record("branin", rows)
+    assert record["mutation"][0] == pytest.approx(2.0, abs=0.01)
+    assert record["tpe"][0] == pytest.approx(0.0) and record["tpe"][1] == pytest.approx(2.0, abs=0.01)
+    assert "baseline" not in record

@@ -76,15 +76,11 @@ class Ranks:
 
     def score(self, objective: float | None) -> float:
         """The :func:`improvement` of ``objective`` over the results so far (0.0 for a failure)."""
-        if objective is None:
-            return 0.0
-        total = len(self.kept) + self.dropped
-        if not total:
-            return 1.0
-        beaten = len(self.kept) - bisect.bisect_right(self.kept, objective)
-        if self.kept and objective <= self.kept[-1]:
-            beaten += self.dropped
-        return beaten / total
+        share = improvement(self.kept, objective)
+        if not self.dropped or objective is None:
+            return share
+        beaten = share * len(self.kept) + (self.dropped if objective <= self.kept[-1] else 0)
+        return beaten / (len(self.kept) + self.dropped)
 
     def add(self, objective: float | None) -> None:
         """Count a finished result (a failure is not a result to beat)."""

@@ -60,6 +60,8 @@ from agents import load_task
 from agents._proposer import History, MutationProposer, PriorProposer, Proposer
 from agents._study import StudyResult, run_study
 
+from ._bench_config import BenchConfig
+
 log = structlog.get_logger("hive.bench.learning")
 
 ARMS: tuple[str, ...] = ("hive", "generation0", "tpe", "tpe_warm", "random")
@@ -72,27 +74,6 @@ TRAIN_DEPLOY_RANGE = (100, 899)
 """Where the training hive's deployers take new instances: never the held-out ones."""
 WARM_START_RECIPES = 8
 """How many of the trained instances' best recipes warm-start TPE (best first)."""
-
-
-@dataclass
-class BenchConfig:
-    """Settings of one benchmark run (the CLI options)."""
-
-    families: list[str]
-    train_instances: int = 48
-    train_seconds: float = 420.0
-    heldout: int = 6
-    seeds: int = 3
-    budget: int = 200
-    agents: int = 4
-    distill_every: int = 1500
-    jobs: int = 2
-    out: Path = Path("bench-learning")
-    quick: bool = False
-    final_generation: bool = True
-    """After the training swarm stops, one more distiller generation over everything it collected
-    (what its distiller would do next): the model evaluated then does not depend on how many
-    generations a loaded machine fitted into ``train_seconds``."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ import orjson
 
 import streams
 
-from ._bench_learning import BenchConfig
+from ._bench_config import BenchConfig
 from ._cli_errors import HiveGroup
 from ._logging import configure_logging
 from ._oneshot import connect_once, one_shot_options

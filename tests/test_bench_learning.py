@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hive._bench_learning import ARMS, TARGET, BenchConfig, Trained, _regret_curve, arm_status, evaluate
+from hive._bench_config import BenchConfig
+from hive._bench_learning import ARMS, TARGET, Trained, _regret_curve, arm_status, evaluate
 
 from .conftest import run_hive
 

@@ -12,7 +12,10 @@ the Decision-Pretrained Transformer's "predict the best action given the in-cont
   what turned out to be good, never to repeat what it was shown);
 * examples are deduplicated on (prefix length, target) and capped at ``cap_per_instance``;
 * whole instances are held out by a stable hash for the held-out loss, but never all of them: with
-  two or more instances at least one trains and at least one is held out.
+  two or more instances at least one trains and at least one is held out;
+* the **elites** (:func:`elite_recipes`) are the best recipe of each *training* instance, per
+  family: the model's recall memory (:class:`~distill.model.HistoryProposer`). Held-out instances
+  never give one, so the gate's studies on them stay honest.
 
 Every row the dataset cannot use is counted by reason in :attr:`HistoryDataset.skipped`
 (``unimportable_task``, ``unsupported_space``, ``unknown_knobs``, ``invalid_recipe``), logged by
@@ -34,7 +37,16 @@ from pydantic import BaseModel, ValidationError
 
 from agents._task import Task
 
-from .model import Context, HistoryConfig, SpaceCode, encode_context, encode_recipe, space_code
+from .model import (
+    MAX_ELITE_FAMILIES,
+    MAX_ELITES,
+    Context,
+    HistoryConfig,
+    SpaceCode,
+    encode_context,
+    encode_recipe,
+    space_code,
+)
 
 TRAJECTORY_SQL = """
 SELECT seq, task, recipe, objective, status, proposer
@@ -77,6 +89,7 @@ class HistoryDataset:
     skipped: Counter[str] = field(default_factory=Counter)
     through_seq: int = 0
     pooled: int = 0
+    elites: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -194,6 +207,38 @@ def hindsight_examples(
     return out
 
 
+MAX_ELITE_JSON = 256 * 1024
+"""Bytes of elite JSON a model carries at most (its safetensors header is bounded at 1 MiB)."""
+
+
+def elite_recipes(
+    trajectories: dict[str, Trajectory], train: Sequence[str], per_family: int = MAX_ELITES
+) -> dict[str, list[dict[str, Any]]]:
+    """The best finished recipe of each training instance, per family (``task.name``): the most
+    researched instances first, at most ``per_family`` (<= :data:`~distill.model.MAX_ELITES`) a family and
+    :data:`~distill.model.MAX_ELITE_FAMILIES` families, within :data:`MAX_ELITE_JSON` bytes."""
+    ranked = sorted(
+        (t for t in (trajectories.get(ref) for ref in train) if t is not None),
+        key=lambda t: (-sum(v is not None for v in t.objectives), t.task.ref),
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    size = 2
+    for traj in ranked:
+        ok = [i for i, v in enumerate(traj.objectives) if v is not None]
+        family = traj.task.name
+        if not ok or (family not in out and len(out) >= MAX_ELITE_FAMILIES):
+            continue
+        if len(out.get(family, ())) >= min(per_family, MAX_ELITES):
+            continue
+        best = traj.recipes[min(ok, key=lambda i: (traj.objectives[i], i))]
+        cost = len(orjson.dumps(best)) + len(family) + 8
+        if size + cost > MAX_ELITE_JSON:
+            break
+        size += cost
+        out.setdefault(family, []).append(best)
+    return out
+
+
 def build_history_dataset(
     rows: Sequence[Sequence[Any]],
     cfg: HistoryConfig,
@@ -205,6 +250,7 @@ def build_history_dataset(
     cap_per_instance: int = 64,
     heldout_fraction: float = 0.25,
     seed: int = 0,
+    elites: int = MAX_ELITES,
 ) -> HistoryDataset:
     """The dataset of :data:`TRAJECTORY_SQL` rows (see the module docstring); ``load(ref)`` is the
     task registry (``agents.load_task``)."""
@@ -212,6 +258,7 @@ def build_history_dataset(
     ds = HistoryDataset(trajectories=trajectories, skipped=skipped, through_seq=through_seq, pooled=len(rows))
     usable = [ref for ref, t in trajectories.items() if any(v is not None for v in t.objectives)]
     ds.train_tasks, ds.heldout_tasks = split_instances(usable, heldout_fraction)
+    ds.elites = elite_recipes(trajectories, ds.train_tasks, elites)
     held = set(ds.heldout_tasks)
     for ref in sorted(usable):
         rng = random.Random(f"{seed}|{ref}")

@@ -7,7 +7,8 @@ experiments (or ``every_seconds``):
    service) and build hindsight examples (``distill._history``), counting the traces it skips and
    why (logged, and on the model events' ``eval`` as ``skipped_<reason>``);
 2. **train** two :class:`~distill.model.HistoryModel` candidates, from fresh weights and
-   continuing the champion, and keep the one with the lower held-out NLL;
+   continuing the champion, and keep the one with the lower held-out NLL; each carries the
+   training instances' best recipes as its elite memory (``distill._history.elite_recipes``);
 3. **gate on research value** (``distill._gate``): simulated short studies on held-out instances;
    promote only if the candidate beats mutation and the champion (figures on the event's ``eval``);
 4. **publish** as below, with ``meta.json`` ``{"backend": "history", "config": ...}``.
@@ -53,7 +54,7 @@ from ._gate import GateConfig, GateResult, arm_auc, gate_tasks, loss_gate, resea
 from ._history import MAX_ROWS_PER_INSTANCE, TRAJECTORY_SQL, HistoryDataset, build_history_dataset
 from ._proposers import TextPolicyProposer
 from ._train import TrainingStopped, evaluate, evaluate_history, pick_device, train, train_history
-from .model import BACKEND, HistoryConfig, HistoryModel, HistoryProposer, is_history_model
+from .model import BACKEND, MAX_ELITES, HistoryConfig, HistoryModel, HistoryProposer, is_history_model
 
 log = structlog.get_logger("distill")
 AGENT_ID = "distiller"
@@ -137,6 +138,9 @@ class DistillConfig:
     """Hindsight targets: each instance's top ``top_q`` trials (history backend). 5% rather than
     10%: the tighter targets taught the model where the optimum lies, not just the good region
     (offline, lmrecipe: model alone 13.5 median trials to target against 39.5 at 10%)."""
+    elites: int = MAX_ELITES
+    """Elite recipes per family a history model carries (its training instances' best; 0: none,
+    the network alone)."""
 
 
 Model = Policy | _hf.HFPolicy | HistoryModel
@@ -476,6 +480,7 @@ class Distiller:
             load=load_task,
             through_seq=through,
             top_q=self.cfg.top_q,
+            elites=self.cfg.elites,
             heldout_fraction=self.cfg.heldout_fraction,
             seed=self.cfg.seed + len(self.generations),
         )
@@ -506,7 +511,8 @@ class Distiller:
             self.generations.append(report)
             return report
         eval_ = {**result.metrics, **ds.skip_metrics()}
-        report.update(mode=mode, reason=result.reason, eval=eval_, train_report=train_report)
+        elites = {family: len(recipes) for family, recipes in ds.elites.items()}
+        report.update(mode=mode, reason=result.reason, eval=eval_, train_report=train_report, elites=elites)
         if result.promote:
             fields = {
                 "backend": BACKEND,
@@ -515,6 +521,7 @@ class Distiller:
                 "heldout_examples": len(ds.heldout),
                 "heldout_tasks": ds.heldout_tasks,
                 "train_tasks": len(ds.train_tasks),
+                "elites": elites,
                 "skipped": dict(ds.skipped),
                 "eval": eval_,
                 "gate": result.reason,
@@ -553,6 +560,7 @@ class Distiller:
                 continue
             torch.manual_seed(self.cfg.seed + len(self.generations))
             net = HistoryModel(model_cfg) if mode == "base" else HistoryModel.from_bytes(champion.to_bytes())  # type: ignore[union-attr]
+            net.elites = ds.elites  # the recall memory: the training instances' best recipes
             rep = train_history(
                 net,
                 ds.train,

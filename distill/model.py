@@ -74,6 +74,14 @@ BOUNDS: Mapping[str, tuple[int, int]] = {
 }
 """Inclusive bounds of every integer dimension, checked before anything is allocated."""
 MAX_PARAMS = 64_000_000
+MAX_ELITE_FAMILIES = 64
+"""Families an elite memory may hold (a forged header with more is refused)."""
+MAX_ELITES = 64
+"""Elite recipes per family (one per training instance, at most)."""
+MAX_ELITE_KNOBS = 64
+"""Keys per elite recipe."""
+ELITE_TRIALS = 8
+"""A model proposes from its family's elites until this many of them were tried on the instance."""
 
 
 @dataclass(frozen=True)
@@ -360,6 +368,34 @@ def collate(
     return Batch(nums, cats, outcome, mask, glob, kinds, n_choices, tn, tc)
 
 
+def parse_elites(raw: Any) -> dict[str, list[dict[str, Any]]]:
+    """The elite memory stored in a model's header (a JSON string, or absent), bounded and checked:
+    ``{family: [recipe, ...]}`` with at most :data:`MAX_ELITE_FAMILIES` families,
+    :data:`MAX_ELITES` recipes each, recipes of at most :data:`MAX_ELITE_KNOBS` scalar values;
+    ``ValueError`` otherwise. Whether a recipe fits its task is checked when it is proposed."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, str):
+        raise ValueError("history model elites must be a JSON string")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"history model elites are not JSON ({exc})") from None
+    if not isinstance(data, dict) or len(data) > MAX_ELITE_FAMILIES:
+        raise ValueError(f"history model elites must be an object of at most {MAX_ELITE_FAMILIES} families")
+    for family, recipes in data.items():
+        if not isinstance(recipes, list) or len(recipes) > MAX_ELITES:
+            raise ValueError(f"history model elites of {family!r}: not a list of <= {MAX_ELITES} recipes")
+        for recipe in recipes:
+            if (
+                not isinstance(recipe, dict)
+                or len(recipe) > MAX_ELITE_KNOBS
+                or not all(isinstance(v, (str, int, float, bool)) for v in recipe.values())
+            ):
+                raise ValueError(f"history model elites of {family!r}: a recipe is not flat scalars")
+    return data
+
+
 # ---------------------------------------------------------------------------------- model
 
 
@@ -419,6 +455,7 @@ class HistoryModel(nn.Module):
         self.apply(self._init_weights)
         slots = torch.arange(K)
         self.register_buffer("slots", slots, persistent=False)
+        self.elites: dict[str, list[dict[str, Any]]] = {}  # family -> its training instances' best recipes
 
     slots: Tensor
 
@@ -459,8 +496,8 @@ class HistoryModel(nn.Module):
         return Mixture(log_pi, mu, log_sigma, cat_logits)
 
     @staticmethod
-    def nll(mix: Mixture, batch: Batch) -> Tensor:
-        """Mean negative log-likelihood of the batch's targets under the mixture."""
+    def log_prob(mix: Mixture, batch: Batch) -> Tensor:
+        """Log-likelihood of each row's target recipe under its mixture, shape ``(B,)``."""
         numeric = (batch.kinds == NUMBER).float()[:, None, :]  # (B, 1, K)
         categorical = (batch.kinds == CATEGORICAL).float()[:, None, :]
         x = batch.target_nums[:, None, :]
@@ -469,7 +506,12 @@ class HistoryModel(nn.Module):
         choice = (batch.target_cats - 1).clamp(min=0)[:, None, :, None].expand(-1, mix.mu.size(1), -1, 1)
         cat_lp = F.log_softmax(mix.cat_logits, dim=-1).gather(-1, choice).squeeze(-1)
         cat_lp = (cat_lp * categorical).sum(-1)
-        return -torch.logsumexp(mix.log_pi + num_lp + cat_lp, dim=-1).mean()
+        return torch.logsumexp(mix.log_pi + num_lp + cat_lp, dim=-1)
+
+    @staticmethod
+    def nll(mix: Mixture, batch: Batch) -> Tensor:
+        """Mean negative log-likelihood of the batch's targets under the mixture."""
+        return -HistoryModel.log_prob(mix, batch).mean()
 
     # ------------------------------------------------------------------ proposing
 
@@ -492,6 +534,24 @@ class HistoryModel(nn.Module):
                 cats[i] = rng.choices(range(1, n + 1), weights=probs[i][:n])[0]
         return decode_recipe(code, nums, cats)
 
+    @torch.inference_mode()
+    def score(self, context: Context, targets: Sequence[tuple[list[float], list[int]]]) -> list[float]:
+        """Log-likelihood of each target (slot values, :func:`encode_recipe`) as the next proposal
+        for ``context``: one forward pass, the mixture shared by every target."""
+        if not targets:
+            return []
+        one = collate([context], self.cfg)
+        mix = self(one)
+        n = len(targets)
+        mix = Mixture(*(t.expand(n, *t.shape[1:]) for t in mix))
+        batch = one._replace(
+            kinds=one.kinds.expand(n, -1),
+            n_choices=one.n_choices.expand(n, -1),
+            target_nums=torch.tensor([t[0] for t in targets], dtype=torch.float32),
+            target_cats=torch.tensor([t[1] for t in targets], dtype=torch.long),
+        )
+        return self.log_prob(mix, batch).tolist()
+
     # ------------------------------------------------------------------ persistence
 
     def num_params(self) -> int:
@@ -503,7 +563,10 @@ class HistoryModel(nn.Module):
         from safetensors.torch import save as st_save
 
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        return st_save(tensors, metadata={"format": FORMAT, "config": self.cfg.to_json()})
+        metadata = {"format": FORMAT, "config": self.cfg.to_json()}
+        if self.elites:
+            metadata["elites"] = json.dumps(self.elites, sort_keys=True, separators=(",", ":"))
+        return st_save(tensors, metadata=metadata)
 
     @staticmethod
     def read_config(data: bytes) -> HistoryConfig:
@@ -531,8 +594,11 @@ class HistoryModel(nn.Module):
     def from_bytes(cls, data: bytes) -> HistoryModel:
         """Rebuild a model from :meth:`to_bytes` output (CPU, eval mode), checked before allocating."""
         cfg = cls.read_config(data)
+        _header, meta, _ = read_header(data, FORMAT, "model")
+        elites = parse_elites(meta.get("elites"))
         model = cls(cfg)
         model.load_state_dict(_st_load(data), strict=True)
+        model.elites = elites
         return model.eval()
 
 
@@ -547,8 +613,17 @@ def is_history_model(data: bytes) -> bool:
         return False
 
 
+Elite = tuple[BaseModel, tuple[list[float], list[int]]]
+"""An elite recipe validated against a task's space, and its slot values."""
+
+
 class HistoryProposer(Proposer):
-    """A :class:`HistoryModel` as an ``agents`` proposer (:func:`load_proposer` names it ``model-v<N>``)."""
+    """A :class:`HistoryModel` as an ``agents`` proposer (:func:`load_proposer` names it ``model-v<N>``).
+
+    While fewer than :data:`ELITE_TRIALS` of the model's elites for the instance's family have run
+    on the instance, it proposes the untried elite the network finds most likely given the
+    instance's history (recall: the hive's best recipes, ranked by what this instance has shown);
+    after that, or without elites, it samples the network."""
 
     name: ClassVar[str] = "model"
 
@@ -557,6 +632,7 @@ class HistoryProposer(Proposer):
         self.version = version
         self.temperature = temperature
         self._codes: dict[type[BaseModel], SpaceCode | None] = {}
+        self._elites: dict[tuple[str, type[BaseModel]], list[Elite]] = {}
 
     def code(self, space: type[BaseModel]) -> SpaceCode | None:
         """The slot layout of ``space`` for this model (None if the model cannot represent it)."""
@@ -567,12 +643,35 @@ class HistoryProposer(Proposer):
                 self._codes[space] = None
         return self._codes[space]
 
+    def elites(self, history: History, code: SpaceCode) -> list[Elite]:
+        """The family's elites still to try on the instance (validated and encoded once per space);
+        none once :data:`ELITE_TRIALS` of them have run there. An elite that does not fit the
+        task's space is left out."""
+        task = history.task
+        key = (task.name, task.space)
+        if key not in self._elites:
+            usable = []
+            for raw in self.model.elites.get(task.name, ()):
+                try:
+                    valid = task.validate_recipe(raw)
+                    usable.append((valid, encode_recipe(code, valid.model_dump(), self.model.cfg)))
+                except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+                    continue
+            self._elites[key] = usable
+        untried = [e for e in self._elites[key] if not history.seen(e[0])]
+        return untried if len(self._elites[key]) - len(untried) < ELITE_TRIALS else []
+
     def propose(self, history: History, rng: random.Random) -> BaseModel:
-        """Sample the next recipe for the instance, conditioned on its history."""
+        """The most likely untried elite (see the class docstring), else a sample of the network,
+        conditioned on the instance's history."""
         code = self.code(history.task.space)
         if code is None:
             raise ProposerUnavailable(f"{history.task.ref}: its space does not fit this model's slots")
         context = encode_history(history, code, self.model.cfg)
+        elites = self.elites(history, code)
+        if elites:
+            scores = self.model.score(context, [slots for _, slots in elites])
+            return elites[max(range(len(elites)), key=scores.__getitem__)][0]
         return history.task.validate_recipe(self.model.sample(context, code, rng, self.temperature))
 
 

@@ -141,6 +141,14 @@ def _check_key(key: str) -> None:
     help="history backend: the research-value gate's studies, INSTANCESxSEEDSxTRIALS.",
 )
 @click.option(
+    "--elites",
+    default=64,  # distill.model.MAX_ELITES (tests/test_cli.py checks)
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="history backend: best recipes per family the model recalls (one per training instance); "
+    "0: the network alone.",
+)
+@click.option(
     "--hf-model",
     default=lambda: os.environ.get("HIVE_HF_MODEL"),
     show_default="env HIVE_HF_MODEL",
@@ -175,6 +183,7 @@ def distill(
     lora_targets: str | None,
     hf_lr: float,
     gate_spec: str,
+    elites: int,
 ) -> None:
     """Distil pooled successful traces into the shared model and push it to every agent."""
     _check_key(key)
@@ -210,6 +219,7 @@ def distill(
         lora=_hf.LoraSettings(r=lora_r, target_modules=targets or None),
         hf_lr=hf_lr,
         gate=_gate_config(gate_spec),
+        elites=elites,
     )
     try:
         d = Distiller(cfg)

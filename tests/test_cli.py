@@ -214,6 +214,7 @@ def test_help_defaults_come_from_the_code() -> None:
     assert f"{svc.CUDA_BATCH_SIZE} on CUDA, {svc.CPU_BATCH_SIZE} on CPU for byte and hf" in text, text
     cfg = svc.DistillConfig(nats_url="", key_path="")
     assert f"[default: {cfg.every_traces}; x>=1]" in text and f"[default: {cfg.min_examples}; x>=1]" in text
+    assert f"[default: {cfg.elites}; 0<=x<=64]" in text, text
     out = run_hive("up", "--help")
     text = " ".join(out.stdout.split())
     up = UpConfig()

@@ -191,6 +191,8 @@ async def test_distill_once_publishes_and_running_agents_use_it(
     assert report["backend"] == "history" and report["heldout_tasks"]
     assert report["instances"] >= 8  # branin/0..7, and sleep/0 once the researcher has run there
     assert report["skipped"] == {"unimportable_task": 2}
+    # the elite memory: one best recipe per *training* branin instance (held-out ones give none)
+    assert report["elites"]["branin"] == 8 - sum(t.startswith("branin/") for t in report["heldout_tasks"])
     assert "distill_traces_skipped" in out.stdout + out.stderr  # and in its logs
     await wait_for(lambda: _models(nc), timeout=20, what="models row")
     rows = (await streams.remote_query(nc, "SELECT version, decision, dataset_size, eval FROM models")).rows
@@ -221,8 +223,8 @@ async def _models(nc: Any) -> bool:
 async def test_gate_rejects_a_worse_candidate_and_the_champion_stays(
     nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
-    """A barely trained history candidate loses to mutation in the simulated studies:
-    ModelRejected with the gate's figures, pointer unchanged."""
+    """A barely trained history candidate without its elite memory loses to mutation in the
+    simulated studies: ModelRejected with the gate's figures, pointer unchanged."""
     priv, _ = keys
     url = nats_server.url
     fixture = trajectories(30)
@@ -242,7 +244,7 @@ async def test_gate_rejects_a_worse_candidate_and_the_champion_stays(
     weak = Distiller(
         DistillConfig(
             nats_url=url, key_path=str(priv), once=True, steps=1, model=HISTORY_SMALL, modes=("base",),
-            gate=gate_cfg,
+            gate=gate_cfg, elites=0,  # the barely trained network alone
         )
     )  # fmt: skip
     (second,) = await weak.run()
@@ -352,7 +354,7 @@ async def test_rejections_back_off_the_next_generation(
     d = Distiller(
         DistillConfig(
             nats_url=url, key_path=str(priv), steps=1, every_traces=20, model=HISTORY_SMALL, modes=("base",),
-            gate=GateConfig(instances=2, seeds=1, trials=20),
+            gate=GateConfig(instances=2, seeds=1, trials=20), elites=0,  # the barely trained network alone
         )
     )  # fmt: skip
     task = asyncio.create_task(d.run())

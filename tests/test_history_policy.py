@@ -24,6 +24,9 @@ from distill._history import build_history_dataset, hindsight_examples, read_tra
 from distill._train import evaluate_history, train_history
 from distill.model import (
     CATEGORICAL,
+    ELITE_TRIALS,
+    MAX_ELITE_FAMILIES,
+    MAX_ELITES,
     NUMBER,
     HistoryConfig,
     HistoryModel,
@@ -412,3 +415,101 @@ def test_trajectories_are_read_in_order_and_capped_per_instance() -> None:
         ("branin/0", 2), ("branin/0", 4), ("branin/0", 6), ("branin/1", 1), ("branin/1", 3), ("branin/1", 5),
     ]  # fmt: skip
     assert len(con.execute(TRAJECTORY_SQL, [15, 1000]).fetchall()) == 15
+
+
+# ----------------------------------------------------------------------------------- elite memory
+
+
+def _with_metadata(blob: bytes, **metadata: str) -> bytes:
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"].update(metadata)
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + blob[8 + n :]
+
+
+def test_elites_come_from_training_instances_only() -> None:
+    """The dataset's elite memory holds, per family, the best finished recipe of each *training*
+    instance and nothing from a held-out one (the gate studies those)."""
+    refs = [f"{FAMILY}/{i}" for i in range(6)]
+    rows = study_rows(refs, 20)
+    ds = build_history_dataset(rows, HistoryConfig(**SMALL), load=load_task)
+    best: dict[str, tuple[float, dict[str, Any]]] = {}
+    for _seq, ref, recipe, objective, status, proposer in rows:
+        if proposer != "baseline" and status == "ok" and (ref not in best or objective < best[ref][0]):
+            best[ref] = (objective, json.loads(recipe))
+    assert ds.heldout_tasks and set(ds.elites) == {FAMILY}
+    want = [best[ref][1] for ref in ds.train_tasks]
+    assert sorted(map(json.dumps, ds.elites[FAMILY])) == sorted(map(json.dumps, want))
+    for ref in ds.heldout_tasks:
+        assert best[ref][1] not in ds.elites[FAMILY]
+
+
+def test_elites_survive_save_load_and_forged_ones_are_refused() -> None:
+    """A model's elites travel in its safetensors header; elites that are not JSON, not an object
+    of lists, too many, or not flat recipes are refused with ValueError by the loader."""
+    model = HistoryModel(HistoryConfig(**SMALL))
+    model.elites = {"branin": [{"x1": 0.5, "x2": 0.25}]}
+    assert HistoryModel.from_bytes(model.to_bytes()).elites == model.elites
+    blob = HistoryModel(HistoryConfig(**SMALL)).to_bytes()
+    meta = {"backend": "history", "config": json.loads(model.cfg.to_json())}
+    for forged in (
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"branin": {"x1": 1}}),
+        json.dumps({"branin": [{"x1": {"nested": 1}}]}),
+        json.dumps({"branin": [{"x1": 0.1}] * (MAX_ELITES + 1)}),
+        json.dumps({f"f{i}": [] for i in range(MAX_ELITE_FAMILIES + 1)}),
+    ):
+        bad = _with_metadata(blob, elites=forged)
+        with pytest.raises(ValueError):
+            HistoryModel.from_bytes(bad)
+        with pytest.raises(ValueError):
+            load_proposer(bad, meta, 1)
+
+
+def test_model_recalls_the_likeliest_untried_elite_then_samples() -> None:
+    """With elites, the proposer first proposes the untried elite the network scores highest given
+    the history, never one already run on the instance, skips one that does not fit the space,
+    and samples the network once ``ELITE_TRIALS`` elites have run there."""
+    model = HistoryModel.from_bytes(trained_model().to_bytes())
+    task = load_task(f"{FAMILY}/5001")
+    rng = random.Random(0)
+    elites = [
+        task.validate_recipe({"x1": rng.uniform(-5, 10), "x2": rng.uniform(0, 15)}).model_dump()
+        for _ in range(ELITE_TRIALS + 3)
+    ]
+    model.elites = {FAMILY: [{"x1": 1.0, "unknown": 2.0}, *elites]}
+    proposer = HistoryProposer(model)
+    history = History(task=task, baselines=(1.0, 1.1))
+    code = proposer.code(task.space)
+    assert code is not None
+    targets = [encode_recipe(code, e, model.cfg) for e in elites]
+    scores = model.score(encode_history(history, code, model.cfg), targets)
+    first = proposer.propose(history, random.Random(1))
+    assert first.model_dump() == elites[max(range(len(elites)), key=scores.__getitem__)]
+    proposed = []
+    for i in range(ELITE_TRIALS + 2):
+        recipe = proposer.propose(history, random.Random(i))
+        proposed.append(recipe.model_dump())
+        trial = Trial(recipe=recipe.model_dump(), objective=float(i))
+        history = History(task=task, trials=(*history.trials, trial), baselines=history.baselines)
+    assert proposed[:ELITE_TRIALS] == [e for e in proposed[:ELITE_TRIALS] if e in elites]
+    assert len({json.dumps(e, sort_keys=True) for e in proposed[:ELITE_TRIALS]}) == ELITE_TRIALS
+    assert all(e not in elites for e in proposed[ELITE_TRIALS:])  # then the network's samples
+
+
+def test_elites_make_the_trained_model_faster_on_new_instances() -> None:
+    """The same trained network with its training instances' elites reaches a lower regret AUC on
+    8 never-seen branin instances (2 seeds, 30 trials) than without them.
+
+    Measured when written, over training seeds 0..4 (AUC without / with elites): 0.33 / 0.24,
+    0.37 / 0.24, 0.42 / 0.25, 0.40 / 0.28, 0.50 / 0.27: a gap of 0.09 to 0.24; the test needs 0.05."""
+    model = HistoryModel.from_bytes(trained_model().to_bytes())
+    ds = build_history_dataset(
+        study_rows([f"{FAMILY}/{i}" for i in range(TRAIN_INSTANCES)], 60), model.cfg, load=load_task
+    )
+    plain = mean_auc(HistoryProposer(model), HELDOUT, seeds=2)
+    model.elites = ds.elites
+    recall = mean_auc(HistoryProposer(model), HELDOUT, seeds=2)
+    assert recall < plain - 0.05, (recall, plain)

@@ -17,8 +17,10 @@ Per family, two phases:
    * ``hive``: the portfolio (mutation, prior, TPE, the trained model) -- the researcher's choice,
      starting from the family's proposer record as the trained hive's read model holds it (what
      a researcher joining that hive would know: which proposers paid on the family);
+   * ``hive_network``: ``hive`` with the model's elite memory removed (the network alone: the
+     difference to ``hive`` is what recalling the training instances' best recipes adds);
    * ``generation0``: the same portfolio and record without a model (so the difference between
-     the two is the model's);
+     ``hive`` and it is the model's);
    * ``tpe``: Optuna TPE from scratch;
    * ``tpe_warm``: TPE with the trained instances' best recipes enqueued first;
    * ``random``: prior samples.
@@ -64,7 +66,7 @@ from ._bench_config import BenchConfig
 
 log = structlog.get_logger("hive.bench.learning")
 
-ARMS: tuple[str, ...] = ("hive", "generation0", "tpe", "tpe_warm", "random")
+ARMS: tuple[str, ...] = ("hive", "hive_network", "generation0", "tpe", "tpe_warm", "random")
 """The arms, in report order."""
 TARGET = 0.05
 """Normalised regret that counts as solved."""
@@ -322,6 +324,7 @@ def arm_status(trained: Trained) -> dict[str, str | None]:
             model = f"model v{trained.model_version} does not load: {type(e).__name__}: {e}"
     return {
         "hive": portfolio or tpe or (f"no model: {model}" if model else None),
+        "hive_network": portfolio or tpe or (f"no model: {model}" if model else None),
         "generation0": portfolio or tpe,
         "tpe": tpe,
         "tpe_warm": tpe or (None if trained.best_recipes else "no trained recipes to warm-start from"),
@@ -353,10 +356,14 @@ def _proposer_fn(
     from agents._portfolio import ArmStats, Portfolio
 
     arms: list[Proposer] = [MutationProposer(), PriorProposer(), TPEProposer()]
-    if arm == "hive":
-        key = f"{job['family']}/{job['model_version']}"
+    if arm in ("hive", "hive_network"):
+        key = f"{job['family']}/{job['model_version']}/{arm}"
         if key not in _WORKER_MODEL:
-            _WORKER_MODEL[key] = _load_model(job["model_weights"], job["model_meta"], job["model_version"])
+            proposer = _load_model(job["model_weights"], job["model_meta"], job["model_version"])
+            network = getattr(proposer, "model", None)  # a history model: drop its elite memory
+            if arm == "hive_network" and isinstance(getattr(network, "elites", None), dict):
+                network.elites = {}  # type: ignore[union-attr]
+            _WORKER_MODEL[key] = proposer
         arms.append(_WORKER_MODEL[key])
     record = ArmStats(counts={job["family"]: {k: list(v) for k, v in job["arm_stats"].items()}})
     portfolio = Portfolio(

@@ -4,9 +4,12 @@ For histories of several sizes on a task instance, times ``HistoryProposer.propo
 (encode the history, the forward pass, sampling, mapping back and validating with the task's
 space) with ``torch.set_num_threads(1)``. It reports the median and p95 of wall time and of the
 process's CPU time per proposal: on a shared machine the wall time includes waiting for a core,
-the CPU time is what the proposal costs.
+the CPU time is what the proposal costs. Each size is measured on both paths of the proposer:
+``network`` (a sample of the network) and ``recall`` (the model carries ``--elites`` recipes of the
+family, none tried yet on the instance: every proposal scores them all under the network).
 
-usage: python bench/propose_latency.py [--task hartmann6/0] [--sizes 0,10,100,1000] [--n 300] [--json]
+usage: python bench/propose_latency.py [--task hartmann6/0] [--sizes 0,10,100,1000] [--n 300]
+[--elites 64] [--json]
 """
 
 from __future__ import annotations
@@ -64,21 +67,28 @@ def main() -> None:
     ap.add_argument("--task", default="hartmann6/0")
     ap.add_argument("--sizes", default="0,10,100,1000")
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--elites", type=int, default=64, help="elite recipes of the recall path")
     ap.add_argument("--json", action="store_true", help="JSON only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = HistoryConfig()
     torch.manual_seed(0)
     proposer = HistoryProposer(HistoryModel(cfg))
+    recall_model = HistoryModel.from_bytes(proposer.model.to_bytes())
+    task, rng = load_task(args.task), random.Random(7)
+    recall_model.elites = {task.name: [task.sample(rng).model_dump() for _ in range(args.elites)]}
+    recall = HistoryProposer(recall_model)
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
-        row = {"history_trials": size, **measure(proposer, history_of(args.task, size), args.n)}
-        results.append(row)
+        history = history_of(args.task, size)
+        for path, p in (("network", proposer), ("recall", recall)):
+            results.append({"history_trials": size, "path": path, **measure(p, history, args.n)})
     out = {
         "task": args.task,
         "config": json.loads(cfg.to_json()),
         "params": proposer.model.num_params(),
         "threads": torch.get_num_threads(),
+        "elites": args.elites,
         "proposals_per_size": args.n,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -88,7 +98,7 @@ def main() -> None:
     print(json.dumps(out, indent=2))
     if not args.json:
         parts = [
-            f"{r['history_trials']} trials: {r['cpu_ms_median']:.2f} ms CPU "
+            f"{r['history_trials']} trials, {r['path']}: {r['cpu_ms_median']:.2f} ms CPU "
             f"(p95 {r['cpu_ms_p95']:.2f}), {r['wall_ms_median']:.2f} ms wall"
             for r in results
         ]

@@ -9,7 +9,12 @@ one row per event, and records seconds (``hive rebuild``'s own timing), events/s
 file size. Prints JSON and a human line per size, writes ``rebuild_scale.json`` and
 ``rebuild_scale.png`` (rebuild time and peak RSS against history size) into ``--out``.
 
-usage: ``python bench/rebuild_scale.py [--sizes 100000,300000,1000000] [--max 10000000] [--out DIR]``
+``--memory-limits default,64MB`` rebuilds at each size once per DuckDB ``memory_limit``
+(``HIVE_DUCKDB_MEMORY_LIMIT``; ``default``: unset), side by side: does a limit below the size of
+the primary-key indexes still rebuild, and what does it cost? The plot shows the first limit.
+
+usage: ``python bench/rebuild_scale.py [--sizes 100000,300000,1000000] [--max 10000000] [--out DIR]
+[--memory-limits default,64MB]``
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import orjson
 
 import streams
 from hive._bench_ingest import realistic_events, rebuild_subprocess
+from hive._store import MEMORY_LIMIT_ENV
 
 POOL = 4096
 """Distinct realistic event bodies; event ``i`` takes body ``i % POOL`` with its own ids."""
@@ -117,8 +123,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-async def run(sizes: list[int], out: Path) -> dict[str, Any]:
-    """Grow the log through ``sizes``, rebuilding at each; write the JSON and the plot."""
+async def run(sizes: list[int], out: Path, limits: list[str] | None = None) -> dict[str, Any]:
+    """Grow the log through ``sizes``, rebuilding at each (once per memory limit); write the JSON
+    and the plot."""
+    limits = limits or ["default"]
     load_before = os.getloadavg()
     pool = [orjson.loads(streams.encode(e)) for e in realistic_events(POOL)]
     server = streams.EmbeddedServer(http_port=None).start()
@@ -130,24 +138,30 @@ async def run(sizes: list[int], out: Path) -> dict[str, Any]:
             for size in sizes:
                 publish_rate = await grow(server.url, have, size, pool)
                 have = size
-                db = Path(tmp) / f"rebuilt-{size}.duckdb"
-                r = await rebuild_subprocess(server.url, db, env)
-                r["rows"] = rows_in(db)
-                if r["events"] != size or r["rows"] != size:
-                    raise RuntimeError(
-                        f"rebuild of {size} events: through seq {r['events']}, {r['rows']} rows"
-                    )
-                r["publish_per_s"] = round(publish_rate)
-                r["load_avg"] = round(os.getloadavg()[0], 2)
-                results.append(r)
-                for p in db.parent.glob(db.name + "*"):
-                    p.unlink()
-                for p in db.parent.glob(db.stem + ".snapshot*"):
-                    p.unlink()
-                print(human(r), file=sys.stderr, flush=True)
+                for limit in limits:
+                    db = Path(tmp) / f"rebuilt-{size}.duckdb"
+                    run_env = dict(env)
+                    if limit != "default":
+                        run_env[MEMORY_LIMIT_ENV] = limit
+                    r = await rebuild_subprocess(server.url, db, run_env)
+                    r["rows"] = rows_in(db)
+                    if r["events"] != size or r["rows"] != size:
+                        raise RuntimeError(
+                            f"rebuild of {size} events: through seq {r['events']}, {r['rows']} rows"
+                        )
+                    r["memory_limit"] = limit
+                    r["publish_per_s"] = round(publish_rate)
+                    r["load_avg"] = round(os.getloadavg()[0], 2)
+                    results.append(r)
+                    for p in db.parent.glob(db.name + "*"):
+                        p.unlink()
+                    for p in db.parent.glob(db.stem + ".snapshot*"):
+                        p.unlink()
+                    print(human(r), file=sys.stderr, flush=True)
     finally:
         server.stop()
-    first, last = results[0], results[-1]
+    first_limit = [r for r in results if r["memory_limit"] == limits[0]]
+    first, last = first_limit[0], first_limit[-1]
     report = {
         "sizes": sizes,
         "results": results,
@@ -161,7 +175,7 @@ async def run(sizes: list[int], out: Path) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "rebuild_scale.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    plot(results, out / "rebuild_scale.png")
+    plot(first_limit, out / "rebuild_scale.png")
     return report
 
 
@@ -171,7 +185,7 @@ def human(r: dict[str, Any]) -> str:
         f"{r['events']:>10,} events: rebuild {r['seconds']:.1f} s = {r['per_s']:,}/s (goal >= 100,000/s, "
         f"first step 50,000/s), peak RSS {r['peak_rss_mib']:,.0f} MiB, "
         f"DuckDB {r['db_bytes'] / 2**20:,.0f} MiB, published at {r['publish_per_s']:,}/s, "
-        f"load {r['load_avg']}"
+        f"load {r['load_avg']}, memory_limit {r.get('memory_limit', 'default')}"
     )
 
 
@@ -181,6 +195,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,300000,1000000", help="comma-separated history sizes")
     ap.add_argument("--max", type=int, default=0, help="also 3M, 10M, ... up to this size (e.g. 10000000)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest")
+    ap.add_argument("--memory-limits", default="default", help="comma-separated DuckDB memory limits")
     a = ap.parse_args()
     sizes = sorted({int(s) for s in a.sizes.split(",") if s})
     step = 3_000_000
@@ -190,7 +205,8 @@ def main() -> None:
     if a.max and a.max not in sizes:
         sizes.append(a.max)
     sizes = sorted(set(sizes))
-    report = asyncio.run(run(sizes, a.out))
+    limits = [x.strip() for x in a.memory_limits.split(",") if x.strip()]
+    report = asyncio.run(run(sizes, a.out, limits))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -57,13 +57,16 @@ def test_human_lines_show_each_goal() -> None:
 
 def test_rebuild_scale_script(tmp_path: Path) -> None:
     """``bench/rebuild_scale.py`` grows a log through two sizes, rebuilds each with ``hive rebuild``
-    (one row per event), and writes the JSON and the plot."""
+    once per DuckDB memory limit (one row per event, the limit on each result), and writes the
+    JSON and the plot."""
     out = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "rebuild_scale.py"),
             "--sizes",
             "800,2000",
+            "--memory-limits",
+            "default,64MB",
             "--out",
             str(tmp_path),
         ],
@@ -73,7 +76,12 @@ def test_rebuild_scale_script(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     report = orjson.loads(out.stdout)
-    assert [r["events"] for r in report["results"]] == [800, 2000]
+    assert [(r["events"], r["memory_limit"]) for r in report["results"]] == [
+        (800, "default"),
+        (800, "64MB"),
+        (2000, "default"),
+        (2000, "64MB"),
+    ]
     for r in report["results"]:
         assert r["rows"] == r["events"] and r["per_s"] > 0 and r["peak_rss_mib"] > 10 and r["db_bytes"] > 0
     assert (tmp_path / "rebuild_scale.json").exists()

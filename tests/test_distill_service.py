@@ -377,3 +377,24 @@ async def test_rejections_back_off_the_next_generation(
     finally:
         d.stop()
         await asyncio.wait_for(task, 60)
+
+
+@pytest.mark.timeout(600)
+async def test_distill_elites_option_leaves_the_memory_out(
+    nats_server: Any, nc: Any, spawn: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """``hive distill --elites 0`` (the installed entry point) trains the network alone: its
+    generation's report holds no elite recipe, where the default holds one per training instance."""
+    priv, _ = keys
+    url = nats_server.url
+    fixture = trajectories(20)
+    await streams.Publisher(nc.jetstream()).publish_many(fixture)
+    await _materialized(nc, spawn, url, tmp_path / "e.duckdb", len(fixture))
+    common = ["--once", "--nats", url, "--key", str(priv), "--steps", "20", "--modes", "base"]
+    common += ["--model", orjson.dumps(HISTORY_SMALL).decode(), "--gate", "1x1x10"]
+    out = await asyncio.to_thread(run_hive, "distill", *common, "--elites", "0", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = orjson.loads(out.stdout)
+    assert report["decision"] in ("published", "rejected") and report["elites"] == {}, report
+    bad = await asyncio.to_thread(run_hive, "distill", *common, "--elites", "65", timeout=60)
+    assert bad.returncode == 2 and "--elites" in bad.stderr

@@ -31,8 +31,9 @@ Per family, two phases:
    arm as the optimum (reported as ``"regret": "observed"``).
 
 Outputs: a JSON document (stable keys; per family and arm the median trials to target, unsolved
-runs counting ``budget + 1``, the solved count and every run), a table, and a PNG of the median
-best-so-far normalised regret per arm. Studies run in worker processes (``--jobs``).
+runs counting ``budget + 1``, the solved count and every run), a table, a PNG of the median
+best-so-far normalised regret per arm, and each family's evaluated model
+(``<family>-model-v<N>.safetensors`` with its ``.meta.json``). Studies run in worker processes (``--jobs``).
 """
 
 from __future__ import annotations
@@ -558,6 +559,17 @@ def print_table(report: Mapping[str, Any]) -> None:
     Console(stderr=True, width=120).print(table)
 
 
+def _keep_model(family: str, trained: Trained, out: Path) -> str | None:
+    """Write the evaluated model into ``out`` (``<family>-model-v<N>.safetensors`` and its
+    ``.meta.json``), for ``hive model sample``-style looks at it afterwards; its file name, or None."""
+    if trained.model_weights is None:
+        return None
+    name = f"{family}-model-v{trained.model_version}"
+    (out / f"{name}.safetensors").write_bytes(trained.model_weights)
+    (out / f"{name}.meta.json").write_bytes(trained.model_meta or b"{}")
+    return f"{name}.safetensors"
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Both phases for every family; writes ``learning.json`` and ``learning.png`` into ``cfg.out``."""
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -576,6 +588,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 log.info("trained", family=family, mode=trained.mode, model=trained.model_version,
                          reason=trained.model_reason, experiments=trained.experiments)  # fmt: skip
                 report["families"][family] = evaluate(family, trained, cfg, pool)
+                report["families"][family]["train"]["model_file"] = _keep_model(family, trained, cfg.out)
                 report["families"][family]["seconds"] = round(time.monotonic() - t0, 1)
                 for name in ("hive.log",):
                     src = root / f"{family}-hive.log"

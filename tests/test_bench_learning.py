@@ -43,6 +43,9 @@ def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
             assert data["reason"], arm
     assert family["arms"]["random"]["available"]  # needs nothing but the task
     assert family["arms"]["generation0"]["available"]
+    if family["arms"]["hive"]["available"]:  # the evaluated model is kept beside the report
+        kept = out / family["train"]["model_file"]
+        assert kept.stat().st_size > 1000 and kept.with_suffix(".meta.json").exists()
 
 
 def test_cli_rejects_an_unknown_family(tmp_path: Path) -> None:

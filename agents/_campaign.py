@@ -188,8 +188,10 @@ class Campaign:
                 else:
                     await self.kv.update(key, value, last=revision)
                 return True
-            except KeyWrongLastSequenceError:
-                continue  # someone else moved the counter: read it again
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # someone else moved the counter (or its entry vanished while nats-py's refused
+                # create read it back, as claims saw in CI): read it again
+                continue
             except Exception as e:  # a write that timed out may have landed: read it again (an
                 if not is_transient(e):  # over-count only wastes a unit, never exceeds the budget)
                     raise

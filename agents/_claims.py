@@ -24,6 +24,9 @@ from ._backoff import Backoff, retry_transient
 
 CLAIMS_BUCKET = RUN_CLAIMS_BUCKET
 CLAIM_TTL_S = RUN_CLAIM_TTL_S
+VANISHED_RETRIES = 3
+"""How often a claim may find the holder's key gone between nats-py's create and its check before
+the pair counts as contended (a claim held by someone else)."""
 
 
 def claim_key(task: str, recipe: dict[str, Any]) -> str:
@@ -58,11 +61,22 @@ class Claims:
         """Claim the pair for ``holder``; returns the key, or None if someone else holds it."""
         key = claim_key(task, recipe)
         attempts = 0
+        vanished = 0
 
         async def create() -> None:
-            nonlocal attempts
+            nonlocal attempts, vanished
             attempts += 1
-            await self.kv.create(key, holder.encode())
+            while True:
+                try:
+                    await self.kv.create(key, holder.encode())
+                    return
+                except KeyNotFoundError:
+                    # nats-py's create, refused because the key exists, reads it back to tell a
+                    # deleted key from a live one; a claim that vanished in between (expired,
+                    # purged) surfaces as "not found": the pair is free again, so try once more
+                    vanished += 1
+                    if vanished >= VANISHED_RETRIES:
+                        raise KeyWrongLastSequenceError from None
 
         try:
             await retry_transient(create, what="claim", backoff=self.backoff)

@@ -12,6 +12,7 @@ import pytest
 
 import streams
 from agents import AgentRuntime, Claims, load_agent_type, load_task, merged_avoid, violates
+from agents._claims import CLAIMS_BUCKET
 from agents.builtin.analyst import avoid_rules
 from agents.builtin.researcher import Researcher
 
@@ -217,6 +218,31 @@ async def test_claims_let_one_agent_run_a_recipe_at_a_time(nats_server: Any, nc:
     assert await b.claim("branin/1", recipe, "agent-b") is not None  # other instance: free
     await a.release(key)
     assert await b.claim("branin/0", recipe, "agent-b") == key
+
+
+async def test_a_claim_that_vanishes_while_checked_is_taken_not_a_crash(nats_server: Any, nc: Any) -> None:
+    """A claim held by another agent that disappears from the bucket (expired, purged) between
+    nats-py's refused create and its read-back made ``claim`` raise KeyNotFoundError and the
+    researcher stop (seen in CI): now the pair is free again and the claim is taken."""
+    a = await Claims(nc.jetstream()).open()
+    b = await Claims(nc.jetstream()).open()
+    recipe = {"x1": 0.5, "x2": 0.25}
+    key = await a.claim("branin/0", recipe, "agent-a")
+    assert key is not None
+    read_back = b.kv._get
+    purged = []
+
+    async def purge_then_read(k: str, *args: Any, **kwargs: Any) -> Any:
+        if not purged:  # the race: the holder's entry is gone when nats-py reads it back
+            info = await nc.jetstream().stream_info(f"KV_{CLAIMS_BUCKET}")
+            await nc.jetstream().purge_stream(info.config.name, subject=f"$KV.{CLAIMS_BUCKET}.{k}")
+            purged.append(k)
+        return await read_back(k, *args, **kwargs)
+
+    b.kv._get = purge_then_read
+    assert await b.claim("branin/0", recipe, "agent-b") == key and purged == [key]
+    b.kv._get = read_back
+    assert await a.claim("branin/0", recipe, "agent-a") is None  # b holds it now
 
 
 async def test_divergent_charlm_recipe_is_a_failed_experiment(nats_server: Any, nc: Any) -> None:

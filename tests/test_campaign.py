@@ -58,7 +58,9 @@ async def test_racing_clients_never_take_an_instance_past_its_budget(nats_server
         await nc2.close()
     taken = [r for got in results for r in got]
     assert sorted(taken) == sorted(refs * 7)
-    assert all(got for got in results)  # every client got some work
+    # the clients really raced (more than one took work); not every one need win a unit: under a
+    # loaded CI machine one client lost all 21 races once, which the budget does not forbid
+    assert sum(1 for got in results if got) >= 2, [len(got) for got in results]
     assert [await clients[0].used(r) for r in refs] == [7, 7, 7]
 
 

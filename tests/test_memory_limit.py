@@ -1,5 +1,4 @@
-"""The materializer's DuckDB memory is bounded by default; ``HIVE_DUCKDB_MEMORY_LIMIT`` sets the
-bound; a bad value is a clear error."""
+"""``HIVE_DUCKDB_MEMORY_LIMIT`` bounds the materializer's DuckDB memory; a bad value is a clear error."""
 
 from __future__ import annotations
 
@@ -8,15 +7,6 @@ from pathlib import Path
 import pytest
 
 from hive._store import MEMORY_LIMIT_ENV, StoreError, open_store
-
-
-def test_memory_is_bounded_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the variable the database gets the 1GB default, not DuckDB's 80% of the machine."""
-    monkeypatch.delenv(MEMORY_LIMIT_ENV, raising=False)
-    con = open_store(tmp_path / "h.duckdb")
-    (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchone() or ("",)
-    con.close()
-    assert limit == "953.6 MiB"  # 1GB = 10**9 bytes
 
 
 def test_memory_limit_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

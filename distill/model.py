@@ -572,6 +572,11 @@ class HistoryModel(nn.Module):
     def read_config(data: bytes) -> HistoryConfig:
         """The config in a model blob, bounded and matched against the header's tensors; ``ValueError``
         if it is not a hive history model (pickles, truncation, forged shapes)."""
+        return HistoryModel._read_checked(data)[0]
+
+    @staticmethod
+    def _read_checked(data: bytes) -> tuple[HistoryConfig, dict[str, Any]]:
+        """:meth:`read_config`, and the header's metadata it checked (one parse of the header)."""
         header, meta, data_bytes = read_header(data, FORMAT, "model")
         try:
             raw = json.loads(meta["config"])
@@ -588,13 +593,12 @@ class HistoryModel(nn.Module):
                 raise ValueError(f"history model tensor {name} is not float32 of shape {list(shape)}")
         if data_bytes != 4 * cfg.param_count():
             raise ValueError("history model data size does not match its config")
-        return cfg
+        return cfg, meta
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HistoryModel:
         """Rebuild a model from :meth:`to_bytes` output (CPU, eval mode), checked before allocating."""
-        cfg = cls.read_config(data)
-        _header, meta, _ = read_header(data, FORMAT, "model")
+        cfg, meta = cls._read_checked(data)
         elites = parse_elites(meta.get("elites"))
         model = cls(cfg)
         model.load_state_dict(_st_load(data), strict=True)

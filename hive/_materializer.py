@@ -72,6 +72,27 @@ _NO_SPACE = ("no space left", "disk quota", "file too large")
 _STORAGE = (*_NO_SPACE, "could not write", "failed to commit", "read-only file system", "input/output error")
 
 
+_SNAPSHOT_HINT = (
+    "DuckDB ran out of memory copying the database into the snapshot: raise "
+    "HIVE_DUCKDB_MEMORY_LIMIT (or unset it); ingest goes on without fresh snapshots"
+)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` (or what it chained from) is DuckDB running out of memory."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        if (
+            isinstance(seen, duckdb.OutOfMemoryException)
+            or "could not allocate" in text
+            or "out of memory" in text
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def storage_failure(error: BaseException) -> str | None:
     """``"disk_full"`` or ``"storage_error"`` when ``error`` (or what it chained from) is the
     storage refusing a write, else None. A failed COMMIT surfaces as a DuckDB TransactionException
@@ -140,6 +161,7 @@ class Materializer:
         self._writer: duckdb.DuckDBPyConnection | None = None
         self._nc: Client | None = None
         self._threads: set[asyncio.Future[Any]] = set()
+        self._snapshot_failures = 0
         self.ready = asyncio.Event()
         """Set once the query service is subscribed (and the server knows it) and ingest begins."""
 
@@ -252,9 +274,13 @@ class Materializer:
                     # Apply in a worker thread (DuckDB releases the GIL) while the next batch is fetched.
                     pending = asyncio.ensure_future(self._apply_durably(buffer))
                     buffer = []
-                elif time.monotonic() - last_snapshot > self.snapshot_every_s:
+                elif time.monotonic() - last_snapshot > self._snapshot_interval():
                     if self.stats.snapshot_seq != self.stats.applied_seq:
                         await self._in_thread(self._snapshot)
+                        if self._writer is None:  # the failed snapshot invalidated the database
+                            await self._recover()  # (if this fails, the next apply retries it)
+                            if reader.last_seq != self.stats.applied_seq:
+                                await self._rewind(reader)
                     last_snapshot = time.monotonic()
             if pending is not None and await pending and buffer and await self._follows(reader, buffer):
                 await self._apply_durably(buffer)
@@ -314,11 +340,19 @@ class Materializer:
     async def _apply_durably(self, batch: list[LogEntry]) -> bool:
         """Apply ``batch``, retrying while the storage refuses the commit (disk full, I/O error)
         with capped exponential backoff. False if the materializer was stopped before it could."""
-        delay, failing = 0.5, False
+        delay, failing, follows = 0.5, False, self.stats.applied_seq
         while True:
             try:
                 if self._writer is None:
                     self._reopen()
+                    if self.stats.applied_seq < follows:
+                        # The reopened checkpoint is behind the one this batch follows: applying
+                        # it would skip sequences. Drop it; the next batch will not follow, and
+                        # the reader re-reads from the checkpoint.
+                        log.error(
+                            "checkpoint_behind_batch", applied_seq=self.stats.applied_seq, follows=follows
+                        )
+                        return False
                 assert self._writer is not None
                 await self._in_thread(self._apply, self._writer, batch)
             except Exception as e:
@@ -383,16 +417,45 @@ class Materializer:
         for seq, subject, reason, _raw, _at in rows["dead_letters"]:
             log.warning("dead_letter", seq=seq, subject=subject, reason=reason)
 
+    def _snapshot_interval(self) -> float:
+        """Seconds between snapshots: doubled after each failure in a row, up to 5 minutes."""
+        return min(self.snapshot_every_s * 2**self._snapshot_failures, max(self.snapshot_every_s, 300.0))
+
     def _snapshot(self) -> None:
+        """Write the snapshot (in a worker thread, no apply in flight). A failure does not stop
+        ingest; if it invalidated the database (DuckDB does that when a commit, the snapshot's
+        included, runs out of memory), the writer is dropped for :meth:`_recover`."""
         seq, writer = self.stats.applied_seq, self._writer
         if writer is None:
             return
         try:
             write_snapshot(writer, self.snapshot_path)
         except Exception as e:  # a full disk must not stop ingest: the next snapshot tries again
-            log.warning("snapshot_failed", error=str(e), path=str(self.snapshot_path))
+            self._snapshot_failures += 1
+            log.warning(
+                "snapshot_failed",
+                error=str(e),
+                path=str(self.snapshot_path),
+                hint=_SNAPSHOT_HINT if _out_of_memory(e) else None,
+                retry_in_s=self._snapshot_interval(),
+            )
+            self._check_connection()
             return
+        self._snapshot_failures = 0
         self.stats.snapshot_seq = seq
+
+    async def _recover(self) -> None:
+        """Reopen the database after it was invalidated outside an apply (a failed snapshot).
+        Every commit it acknowledged is in its file or WAL, so the reopened checkpoint should be
+        where it was; the caller rewinds the reader if it is not."""
+        before = self.stats.applied_seq
+        try:
+            await self._in_thread(self._reopen)
+        except Exception as e:
+            log.error("db_reopen_failed", error=str(e), retry="on the next batch")
+            return
+        if self.stats.applied_seq != before:
+            log.error("checkpoint_moved_on_reopen", before=before, after=self.stats.applied_seq)
 
     async def _on_query(self, msg: Msg) -> None:
         assert self._con is not None
@@ -422,10 +485,10 @@ async def rebuild(
     """Replay the whole stream from sequence 1 into a new file, then swap it in for ``db_path``.
 
     Refuses while another process (a running materializer) holds ``db_path``. Returns the
-    sequence the rebuilt database is applied through.
+    sequence the rebuilt database is applied through, as read back from the rebuilt file: the
+    file is checkpointed (its WAL folded in) and checked before the swap, and a file that does not
+    hold what the replay applied is never swapped in (:class:`StoreError`, the old file untouched).
     """
-    from ._store import connect_db
-
     db_path = Path(db_path)
     if db_path.exists():
         connect_db(db_path).close()  # raises DatabaseLocked if a materializer owns it
@@ -437,7 +500,7 @@ async def rebuild(
     finally:
         await nc.close()
     tmp = db_path.with_name(db_path.name + ".rebuild")
-    for p in (tmp, Path(str(tmp) + ".wal")):
+    for p in (tmp, _wal(tmp)):
         p.unlink(missing_ok=True)
     m = Materializer(
         nats_url,
@@ -448,8 +511,36 @@ async def rebuild(
         snapshot_path=snapshot_path_for(db_path),
     )
     stats = await m.run()
-    import os
-
-    Path(str(db_path) + ".wal").unlink(missing_ok=True)
+    seq = seal(tmp, expect_seq=stats.applied_seq)
+    _wal(db_path).unlink(missing_ok=True)
     os.replace(tmp, db_path)
-    return stats.applied_seq
+    return seq
+
+
+def _wal(path: Path) -> Path:
+    return Path(str(path) + ".wal")
+
+
+def seal(path: Path, *, expect_seq: int) -> int:
+    """Make the DuckDB file ``path`` self-contained before it is moved: open it (replaying its WAL),
+    checkpoint, close, and check that no WAL is left and that it is applied through
+    ``expect_seq``. Returns that sequence; raises :class:`StoreError` otherwise.
+
+    Needed because a database DuckDB invalidated (a commit that ran out of memory, even the
+    snapshot's) is closed without a checkpoint: its last commits live only in the WAL beside it,
+    and moving the file alone dropped them (15,000 of 10,000,000 rows in a 10M-event rebuild
+    under a 1GB memory limit).
+    """
+    con = connect_db(path)
+    try:
+        con.execute("CHECKPOINT")
+        seq = applied_seq(con)
+    finally:
+        con.close()
+    if _wal(path).exists() and _wal(path).stat().st_size > 0:
+        raise StoreError(f"{path}: the WAL could not be folded into the file; not swapped in")
+    if seq != expect_seq:
+        raise StoreError(
+            f"{path} is applied through seq {seq} but the replay applied through {expect_seq}; not swapped in"
+        )
+    return seq

@@ -57,6 +57,7 @@ from ._store import (
     connect_db,
     open_store,
     snapshot_path_for,
+    snapshot_through,
     write_snapshot,
 )
 
@@ -94,17 +95,21 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def storage_failure(error: BaseException) -> str | None:
-    """``"disk_full"`` or ``"storage_error"`` when ``error`` (or what it chained from) is the
-    storage refusing a write, else None. A failed COMMIT surfaces as a DuckDB TransactionException
-    whose text carries the OS error; the ROLLBACK after it may raise in its turn."""
+    """``"disk_full"``, ``"storage_error"`` or ``"db_invalidated"`` when ``error`` (or what it
+    chained from) is the storage refusing a write or DuckDB having invalidated the database (a
+    commit, perhaps the snapshot's, ran out of memory: reopening it recovers every commit it
+    acknowledged), else None. A failed COMMIT surfaces as a DuckDB TransactionException whose text
+    carries the OS error; the ROLLBACK after it may raise in its turn."""
     seen: BaseException | None = error
     kind = None
     while seen is not None:
         text = str(seen).lower()
         if any(m in text for m in _NO_SPACE):
             return "disk_full"
-        if isinstance(seen, OSError | duckdb.IOException) or any(m in text for m in _STORAGE):
-            kind = "storage_error"
+        if "has been invalidated" in text:
+            kind = "db_invalidated"
+        elif isinstance(seen, OSError | duckdb.IOException) or any(m in text for m in _STORAGE):
+            kind = kind or "storage_error"
         seen = seen.__cause__ or seen.__context__
     return kind
 
@@ -162,6 +167,10 @@ class Materializer:
         self._nc: Client | None = None
         self._threads: set[asyncio.Future[Any]] = set()
         self._snapshot_failures = 0
+        self._snapshot_cost_s = 0.0
+        self._snapshot_ended = 0.0
+        self._snapshot_broke = False
+        self._snapshotting: asyncio.Future[Any] | None = None
         self.ready = asyncio.Event()
         """Set once the query service is subscribed (and the server knows it) and ingest begins."""
 
@@ -216,6 +225,7 @@ class Materializer:
             with contextlib.suppress(Exception):
                 if self.stats.snapshot_seq != self.stats.applied_seq:
                     write_snapshot(writer, self.snapshot_path)
+                    self.stats.snapshot_seq = self.stats.applied_seq
             with contextlib.suppress(Exception):
                 writer.close()
             with contextlib.suppress(Exception):
@@ -232,7 +242,6 @@ class Materializer:
         pending: asyncio.Future[bool] | None = None
         buffer: list[LogEntry] = []
         max_group = 8 * self.batch_size
-        last_snapshot = 0.0
         try:
             while not self._stop.is_set():
                 if self.stop_at_seq is not None and self.stats.applied_seq >= self.stop_at_seq:
@@ -274,14 +283,19 @@ class Materializer:
                     # Apply in a worker thread (DuckDB releases the GIL) while the next batch is fetched.
                     pending = asyncio.ensure_future(self._apply_durably(buffer))
                     buffer = []
-                elif time.monotonic() - last_snapshot > self._snapshot_interval():
-                    if self.stats.snapshot_seq != self.stats.applied_seq:
-                        await self._in_thread(self._snapshot)
-                        if self._writer is None:  # the failed snapshot invalidated the database
-                            await self._recover()  # (if this fails, the next apply retries it)
-                            if reader.last_seq != self.stats.applied_seq:
-                                await self._rewind(reader)
-                    last_snapshot = time.monotonic()
+                elif self._snapshot_broke and self._snapshotting_done():
+                    # The last snapshot failed, perhaps invalidating the database (no apply is in
+                    # flight here): reopen it if so, and read on from its checkpoint.
+                    self._snapshot_broke = False
+                    self._check_connection()
+                    if self._writer is None:
+                        await self._recover()  # (if this fails, the next apply retries it)
+                        if reader.last_seq != self.stats.applied_seq:
+                            await self._rewind(reader)
+                elif self._snapshot_due():
+                    # In the background: ingest goes on while it is written (one transaction on
+                    # its own cursor); the stop waits for it (``_threads``).
+                    self._snapshotting = asyncio.ensure_future(self._in_thread(self._snapshot))
             if pending is not None and await pending and buffer and await self._follows(reader, buffer):
                 await self._apply_durably(buffer)
         finally:
@@ -359,7 +373,7 @@ class Materializer:
                 kind = storage_failure(e)
                 if kind is None:
                     raise
-                detail = f"{'disk full' if kind == 'disk_full' else 'storage error'}: {e}"
+                detail = f"{kind.replace('_', ' ')}: {e}"
                 if not failing:  # one clear error; the retries are quieter
                     log.error(
                         kind, detail=detail, seq_from=batch[0].seq, seq_to=batch[-1].seq, retry_in_s=delay
@@ -418,20 +432,43 @@ class Materializer:
             log.warning("dead_letter", seq=seq, subject=subject, reason=reason)
 
     def _snapshot_interval(self) -> float:
-        """Seconds between snapshots: doubled after each failure in a row, up to 5 minutes."""
-        return min(self.snapshot_every_s * 2**self._snapshot_failures, max(self.snapshot_every_s, 300.0))
+        """Seconds from the end of one snapshot to the start of the next: ``snapshot_every_s``, or
+        four times what the last one took if longer (so snapshots of a large database take at
+        most a fifth of a core), doubled after each failure in a row, up to 5 minutes."""
+        base = max(self.snapshot_every_s, 4 * self._snapshot_cost_s)
+        return min(base * 2**self._snapshot_failures, max(base, 300.0))
+
+    def _snapshotting_done(self) -> bool:
+        return self._snapshotting is None or self._snapshotting.done()
+
+    def _snapshot_due(self) -> bool:
+        """Whether to start a snapshot now: none running, the database changed since the last one,
+        and the interval since it passed."""
+        return (
+            self._snapshotting_done()
+            and self._writer is not None
+            and self.stats.snapshot_seq != self.stats.applied_seq
+            and time.monotonic() - self._snapshot_ended > self._snapshot_interval()
+        )
 
     def _snapshot(self) -> None:
-        """Write the snapshot (in a worker thread, no apply in flight). A failure does not stop
-        ingest; if it invalidated the database (DuckDB does that when a commit, the snapshot's
-        included, runs out of memory), the writer is dropped for :meth:`_recover`."""
-        seq, writer = self.stats.applied_seq, self._writer
-        if writer is None:
+        """Write the snapshot in a worker thread, on its own cursor, while applies go on. A failure
+        does not stop ingest; DuckDB invalidates the whole database when a commit (the snapshot's
+        included) runs out of memory, so a failure flags the loop to check the connection."""
+        con = self._con
+        if con is None:
             return
+        t = time.monotonic()
         try:
-            write_snapshot(writer, self.snapshot_path)
+            cur = con.cursor()
+            try:
+                seq = snapshot_through(cur, self.snapshot_path)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cur.close()
         except Exception as e:  # a full disk must not stop ingest: the next snapshot tries again
             self._snapshot_failures += 1
+            self._snapshot_broke = True
             log.warning(
                 "snapshot_failed",
                 error=str(e),
@@ -439,8 +476,10 @@ class Materializer:
                 hint=_SNAPSHOT_HINT if _out_of_memory(e) else None,
                 retry_in_s=self._snapshot_interval(),
             )
-            self._check_connection()
             return
+        finally:
+            self._snapshot_ended = time.monotonic()
+        self._snapshot_cost_s = self._snapshot_ended - t
         self._snapshot_failures = 0
         self.stats.snapshot_seq = seq
 

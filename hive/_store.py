@@ -354,8 +354,17 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     Readers, the ``duckdb`` CLI included, can open the snapshot while the materializer runs: it is
     written in :data:`SNAPSHOT_STORAGE_VERSION`, so any DuckDB 1.x client opens it.
     The temp files are :func:`hive.snapshot_scratch_paths` of ``target``: the only files a
-    locked-down database (:func:`hive.lock_down`) lets this write.
+    locked-down database (:func:`hive.lock_down`) lets this write. The copy is one transaction:
+    a writer may commit on another cursor of the same database meanwhile (see
+    :func:`snapshot_through`).
     """
+    snapshot_through(cur, target)
+    return Path(target)
+
+
+def snapshot_through(cur: duckdb.DuckDBPyConnection, target: str | Path) -> int:
+    """:func:`write_snapshot`, returning the applied sequence the snapshot holds: the checkpoint
+    and the copy are read in one transaction, so they agree even while another cursor commits."""
     from ._lockdown import snapshot_scratch_paths
 
     target = Path(target)
@@ -369,8 +378,15 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     version = _sql_str(SNAPSHOT_STORAGE_VERSION)
     cur.execute(f"ATTACH {_sql_str(str(tmp))} AS hive_snapshot_tmp (STORAGE_VERSION {version})")
     try:
-        cur.execute(f'COPY FROM DATABASE "{src}" TO hive_snapshot_tmp')
+        cur.execute("BEGIN")
+        try:
+            seq = applied_seq(cur)
+            cur.execute(f'COPY FROM DATABASE "{src}" TO hive_snapshot_tmp')
+            cur.execute("COMMIT")
+        except BaseException:
+            _rollback(cur)
+            raise
     finally:
         cur.execute("DETACH hive_snapshot_tmp")
     os.replace(tmp, target)
-    return target
+    return seq

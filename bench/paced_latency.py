@@ -8,7 +8,12 @@ with hive's ``Publisher``, every ack checked) while polling the applied sequence
 rate: the p50 stays near one fetch-and-commit cycle until the rate nears the materializer's
 capacity on the machine, then the queue grows.
 
-usage: ``python bench/paced_latency.py --rates 500,2000,5000 [--history 50000] [--seconds 8]``
+``--snapshot-every 2,100000`` runs the whole measurement once per snapshot interval of the
+materializer (``hive materialize --snapshot-every``), side by side: what do snapshots, written in
+the background while ingest goes on, cost the latency? (100000: none after the first.)
+
+usage: ``python bench/paced_latency.py --rates 500,2000,5000 [--history 50000] [--seconds 8]
+[--snapshot-every 2]``
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import streams
 from hive._bench_ingest import _applied, paced_arm, realistic_events, reap
 
 
-async def run(history: int, rates: list[float], seconds: float) -> dict[str, Any]:
+async def run(
+    history: int, rates: list[float], seconds: float, snapshot_every: float = 2.0
+) -> dict[str, Any]:
     """Publish the history, then each paced arm; returns the JSON report."""
     load_before = os.getloadavg()
     server = streams.EmbeddedServer(http_port=None).start()
@@ -46,6 +53,8 @@ async def run(history: int, rates: list[float], seconds: float) -> dict[str, Any
                     server.url,
                     "--db",
                     f"{tmp}/p.duckdb",
+                    "--snapshot-every",
+                    str(snapshot_every),
                 ],
                 env={**os.environ, "HIVE_LOG_FORMAT": "json", "HIVE_LOG_LEVEL": "warning"},
                 stdin=subprocess.DEVNULL,
@@ -71,6 +80,7 @@ async def run(history: int, rates: list[float], seconds: float) -> dict[str, Any
                     events = realistic_events(max(10, int(rate * seconds)), seed=2, start=start)
                     start += len(events)
                     arm = await paced_arm(nc, pub, events, rate, 0)
+                    arm["snapshot_every_s"] = snapshot_every
                     arms.append(arm)
                     print(human(arm), file=sys.stderr, flush=True)
             finally:
@@ -86,6 +96,7 @@ async def run(history: int, rates: list[float], seconds: float) -> dict[str, Any
     return {
         "history": history,
         "seconds": seconds,
+        "snapshot_every_s": snapshot_every,
         "arms": arms,
         "materializer_peak_rss_mib": rss,
         "cpus": os.cpu_count(),
@@ -101,7 +112,7 @@ def human(arm: dict[str, Any]) -> str:
     lat = arm["latency_ms"]
     return (
         f"paced at {arm['target_per_s']:,}/s (achieved {arm['achieved_per_s']:,}/s, "
-        f"{arm['events']:,} events): "
+        f"{arm['events']:,} events, snapshots every {arm['snapshot_every_s']:g} s): "
         f"publish -> queryable p50 {lat['p50']} ms, p99 {lat['p99']} ms (goal p50 <= 100 ms at half the peak)"
     )
 
@@ -112,10 +123,15 @@ def main() -> None:
     ap.add_argument("--rates", default="500,2000,5000", help="comma-separated events/s")
     ap.add_argument("--history", type=int, default=0, help="events published at full rate first")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds of publishing per rate")
+    ap.add_argument(
+        "--snapshot-every", default="2", help="comma-separated snapshot intervals (s), one run each"
+    )
     a = ap.parse_args()
     rates = [float(r) for r in a.rates.split(",") if r]
-    report = asyncio.run(run(a.history, rates, a.seconds))
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    intervals = [float(x) for x in a.snapshot_every.split(",") if x]
+    reports = [asyncio.run(run(a.history, rates, a.seconds, every)) for every in intervals]
+    out = reports[0] if len(reports) == 1 else {"runs": reports}
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":

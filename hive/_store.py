@@ -362,6 +362,30 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, target: str | Path) -> Path:
     return Path(target)
 
 
+def _copy_database(cur: duckdb.DuckDBPyConnection, src: str, dst: str) -> None:
+    """Copy ``src``'s tables (their rows: no keys or indexes, which readers of a snapshot do not
+    need and which cost the most memory and space: a 1M-experiment copy took 16 MiB and 0.85 s
+    this way against 55 MiB and 1.6 s for ``COPY FROM DATABASE``, which also ran DuckDB out of
+    memory under a 64MB limit) and then its views, in creation order, into ``dst``."""
+    tables = cur.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+        "ORDER BY table_oid",
+        [src],
+    ).fetchall()
+    for (table,) in tables:
+        cur.execute(f'CREATE TABLE "{dst}".main."{table}" AS SELECT * FROM "{src}".main."{table}"')
+    views = cur.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE database_name = ? AND schema_name = 'main' "
+        "AND NOT internal ORDER BY view_oid",
+        [src],
+    ).fetchall()
+    for name, sql in views:
+        head = f"CREATE VIEW {name} AS"
+        if not sql.startswith(head):
+            raise StoreError(f"cannot copy view {name!r} into the snapshot: its definition is {sql[:80]!r}")
+        cur.execute(f'CREATE VIEW "{dst}".main."{name}" AS{sql[len(head) :]}')
+
+
 def snapshot_through(cur: duckdb.DuckDBPyConnection, target: str | Path) -> int:
     """:func:`write_snapshot`, returning the applied sequence the snapshot holds: the checkpoint
     and the copy are read in one transaction, so they agree even while another cursor commits."""
@@ -381,7 +405,7 @@ def snapshot_through(cur: duckdb.DuckDBPyConnection, target: str | Path) -> int:
         cur.execute("BEGIN")
         try:
             seq = applied_seq(cur)
-            cur.execute(f'COPY FROM DATABASE "{src}" TO hive_snapshot_tmp')
+            _copy_database(cur, src, "hive_snapshot_tmp")
             cur.execute("COMMIT")
         except BaseException:
             _rollback(cur)

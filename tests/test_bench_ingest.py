@@ -89,16 +89,20 @@ def test_rebuild_scale_script(tmp_path: Path) -> None:
 
 
 def test_paced_latency_script() -> None:
-    """``bench/paced_latency.py`` reports p50/p99 publish -> queryable for each paced rate."""
+    """``bench/paced_latency.py`` reports p50/p99 publish -> queryable for each paced rate, once per
+    snapshot interval asked for (side by side)."""
+    script = str(ROOT / "bench" / "paced_latency.py")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "paced_latency.py"), "--rates", "200,400", "--seconds", "1"],
+        [sys.executable, script, "--rates", "200,400", "--seconds", "1", "--snapshot-every", "0.5,100000"],
         capture_output=True,
         timeout=240,
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    report = orjson.loads(out.stdout)
-    assert [a["target_per_s"] for a in report["arms"]] == [200, 400]
-    for arm in report["arms"]:
-        assert arm["events"] > 0 and arm["latency_ms"]["samples"] > 0 and arm["latency_ms"]["p50"] > 0
-    assert report["materializer_peak_rss_mib"] > 10
+    runs = orjson.loads(out.stdout)["runs"]
+    assert [r["snapshot_every_s"] for r in runs] == [0.5, 100000]
+    for report in runs:
+        assert [a["target_per_s"] for a in report["arms"]] == [200, 400]
+        for arm in report["arms"]:
+            assert arm["events"] > 0 and arm["latency_ms"]["samples"] > 0 and arm["latency_ms"]["p50"] > 0
+        assert report["materializer_peak_rss_mib"] > 10

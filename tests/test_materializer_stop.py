@@ -82,13 +82,13 @@ async def test_ingest_goes_on_while_a_snapshot_is_written(
     seqs: list[int] = []
 
     class SlowCopy:
-        """A cursor whose ``COPY FROM DATABASE`` starts 3 s late, inside the snapshot's transaction."""
+        """A cursor whose first copy of a table starts 3 s late, inside the snapshot's transaction."""
 
         def __init__(self, cur: Any) -> None:
             self.cur = cur
 
         def execute(self, sql: str, *args: Any) -> Any:
-            if sql.startswith("COPY FROM DATABASE"):
+            if sql.startswith("CREATE TABLE") and not writing.is_set():
                 writing.set()
                 time.sleep(3.0)
             return self.cur.execute(sql, *args)

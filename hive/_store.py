@@ -126,11 +126,12 @@ _NOT_CORRUPTION = (
 
 
 MEMORY_LIMIT_ENV = "HIVE_DUCKDB_MEMORY_LIMIT"
-"""DuckDB's ``memory_limit`` for the materializer's database (e.g. ``256MB``); unset: DuckDB's
-default (80% of the machine's memory). Opt-in: with 64MB, 1M and 3M-event rebuilds were row-exact
-at 345 MiB peak RSS, but the one 10M-event rebuild under a 1GB limit ended with 15,000 of its
-10,000,000 experiments missing (BENCHMARKS.md, issue 12 step 4), not yet explained: until it is,
-the default stays DuckDB's."""
+"""DuckDB's ``memory_limit`` for the materializer's database (e.g. ``1GB``); unset: DuckDB's
+default (80% of the machine's memory). Measured (BENCHMARKS.md, issue 12 step 4): 1M and 3M-event
+rebuilds row-exact at 345 MiB peak RSS under 64MB, a 10M-event rebuild row-exact at 1.3 GiB under
+1GB (5.0 GiB unset). A limit DuckDB cannot insert under stops the materializer with DuckDB's
+out-of-memory error; a snapshot that does not fit is skipped with a warning and retried later
+(ingest goes on)."""
 
 
 def apply_memory_limit(con: duckdb.DuckDBPyConnection) -> None:

@@ -99,3 +99,30 @@ async def test_switch_off_falls_back_to_nats_py(nc: Any, monkeypatch: pytest.Mon
     monkeypatch.setenv(streams.RAW_READER_ENV, "0")
     assert not streams.raw_reader_possible(nc)
     assert type(streams.open_log_reader(nc)) is LogReader
+
+
+@pytest.mark.parametrize("cls", [LogReader, RawLogReader])
+async def test_a_wait_after_a_filled_request_still_sees_new_entries(nc: Any, cls: type[LogReader]) -> None:
+    """A fetch that finds nothing waits on a pull request; once a burst has filled an earlier
+    waiting request (JetStream sends no status for that), the next wait must ask again, so an
+    entry published while it waits is returned by that very fetch. (The reader once believed the
+    filled request still open and waited out its whole timeout: ingest stalled 0.75 s at a time
+    at a steady 5,000 events/s.)"""
+    js = nc.jetstream()
+    reader = await cls(nc).start()
+    try:
+        assert await reader.fetch(10, timeout=0.3) == []  # nothing yet: a waiting request is made
+        waiting = asyncio.ensure_future(reader.fetch(10, timeout=2.0))
+        await asyncio.sleep(0.05)
+        await _publish(js, 1, 10, size=16)  # a burst fills whatever is waiting
+        got = [e.seq for e in await waiting]
+        while len(got) < 10:
+            got += [e.seq for e in await reader.fetch(10, timeout=0.5)]
+        assert got == list(range(1, 11))
+        for n in (11, 12, 13):  # then, each time, an entry published while the reader waits
+            waiting = asyncio.ensure_future(reader.fetch(10, timeout=2.0))
+            await asyncio.sleep(0.05)
+            await _publish(js, n, 1, size=16)
+            assert [e.seq for e in await waiting] == [n], "the wait did not ask the server again"
+    finally:
+        await reader.close()

@@ -106,3 +106,20 @@ def test_paced_latency_script() -> None:
         for arm in report["arms"]:
             assert arm["events"] > 0 and arm["latency_ms"]["samples"] > 0 and arm["latency_ms"]["p50"] > 0
         assert report["materializer_peak_rss_mib"] > 10
+
+
+def test_snapshot_script() -> None:
+    """``bench/snapshot.py`` times hive's snapshot beside the full copy in both formats; hive's
+    (rows without keys or indexes) is the smaller file."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "snapshot.py"), "--experiments", "20000", "--repeats", "1"],
+        capture_output=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    report = orjson.loads(out.stdout.splitlines()[0])
+    arms = report["arms"]
+    assert list(arms) == ["hive snapshot (rows, v1.x)", "full copy, v1.x", "full copy, newest format"]
+    assert all(a["median_s"] > 0 and a["bytes"] > 0 for a in arms.values())
+    assert report["size_ratio_hive_over_full_v1"] < 1

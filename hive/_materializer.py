@@ -381,6 +381,10 @@ class Materializer:
                 else:
                     log.info("apply_retry", kind=kind, retry_in_s=delay)
                 failing = True
+                if not self._snapshotting_done():  # it uses the connection: let it end before a close
+                    assert self._snapshotting is not None
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(self._snapshotting), _THREAD_WAIT_S)
                 self._check_connection()
                 if self._stop.is_set():
                     return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from hive._bench_config import BenchConfig
 from hive._bench_learning import ARMS, TARGET, Trained, _regret_curve, arm_status, evaluate
 
 from .conftest import run_hive
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
@@ -46,6 +50,19 @@ def test_quick_run_reports_every_arm_and_plots(tmp_path: Path) -> None:
     if family["arms"]["hive"]["available"]:  # the evaluated model is kept beside the report
         kept = out / family["train"]["model_file"]
         assert kept.stat().st_size > 1000 and kept.with_suffix(".meta.json").exists()
+        # ... and bench/learning_replay.py replays the held-out studies on it, side by side
+        replay = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "learning_replay.py"), "--out", str(out),
+             "--frontier-powers", "1,8", "--heldout", "2", "--seeds", "1"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr[-3000:]
+        runs = json.loads(replay.stdout)
+        assert [(r["family"], r["frontier_power"]) for r in runs] == [("lmrecipe", 1.0), ("lmrecipe", 8.0)]
+        for r in runs:
+            assert r["studies_per_arm"] == 2
+            assert {"hive", "generation0"} <= set(r)
+            assert any(k.startswith("model-") for k in r["hive"]["share"])  # the kept model proposed
 
 
 def test_cli_rejects_an_unknown_family(tmp_path: Path) -> None:

@@ -207,7 +207,9 @@ async def reap(proc: subprocess.Popen[bytes], timeout: float) -> float:
 
 def _file_bytes(path: Path) -> int:
     """Size of a DuckDB file plus its WAL, if any."""
-    return sum(p.stat().st_size for p in (path, Path(str(path) + ".wal")) if p.exists())
+    from ._store import wal_path
+
+    return sum(p.stat().st_size for p in (path, wal_path(path)) if p.exists())
 
 
 def snapshot_query_ms(path: Path, sql: str = BEST_SQL) -> float | None:

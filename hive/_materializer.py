@@ -20,7 +20,7 @@ import contextvars
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from ._store import (
     open_store,
     snapshot_path_for,
     snapshot_through,
+    wal_path,
     write_snapshot,
 )
 
@@ -79,19 +80,22 @@ _SNAPSHOT_HINT = (
 )
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` (or what it chained from) is DuckDB running out of memory."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it chained from (its cause, else its context), in turn."""
     seen: BaseException | None = error
     while seen is not None:
-        text = str(seen).lower()
-        if (
-            isinstance(seen, duckdb.OutOfMemoryException)
-            or "could not allocate" in text
-            or "out of memory" in text
-        ):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` (or what it chained from) is DuckDB running out of memory."""
+    return any(
+        isinstance(seen, duckdb.OutOfMemoryException)
+        or "could not allocate" in (text := str(seen).lower())
+        or "out of memory" in text
+        for seen in _chain(error)
+    )
 
 
 def storage_failure(error: BaseException) -> str | None:
@@ -100,9 +104,8 @@ def storage_failure(error: BaseException) -> str | None:
     commit, perhaps the snapshot's, ran out of memory: reopening it recovers every commit it
     acknowledged), else None. A failed COMMIT surfaces as a DuckDB TransactionException whose text
     carries the OS error; the ROLLBACK after it may raise in its turn."""
-    seen: BaseException | None = error
     kind = None
-    while seen is not None:
+    for seen in _chain(error):
         text = str(seen).lower()
         if any(m in text for m in _NO_SPACE):
             return "disk_full"
@@ -110,7 +113,6 @@ def storage_failure(error: BaseException) -> str | None:
             kind = "db_invalidated"
         elif isinstance(seen, OSError | duckdb.IOException) or any(m in text for m in _STORAGE):
             kind = kind or "storage_error"
-        seen = seen.__cause__ or seen.__context__
     return kind
 
 
@@ -543,7 +545,7 @@ async def rebuild(
     finally:
         await nc.close()
     tmp = db_path.with_name(db_path.name + ".rebuild")
-    for p in (tmp, _wal(tmp)):
+    for p in (tmp, wal_path(tmp)):
         p.unlink(missing_ok=True)
     m = Materializer(
         nats_url,
@@ -555,13 +557,9 @@ async def rebuild(
     )
     stats = await m.run()
     seq = seal(tmp, expect_seq=stats.applied_seq)
-    _wal(db_path).unlink(missing_ok=True)
+    wal_path(db_path).unlink(missing_ok=True)
     os.replace(tmp, db_path)
     return seq
-
-
-def _wal(path: Path) -> Path:
-    return Path(str(path) + ".wal")
 
 
 def seal(path: Path, *, expect_seq: int) -> int:
@@ -580,7 +578,7 @@ def seal(path: Path, *, expect_seq: int) -> int:
         seq = applied_seq(con)
     finally:
         con.close()
-    if _wal(path).exists() and _wal(path).stat().st_size > 0:
+    if wal_path(path).exists() and wal_path(path).stat().st_size > 0:
         raise StoreError(f"{path}: the WAL could not be folded into the file; not swapped in")
     if seq != expect_seq:
         raise StoreError(

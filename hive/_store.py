@@ -67,6 +67,11 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def wal_path(path: str | Path) -> Path:
+    """The write-ahead log DuckDB keeps beside the database file ``path``."""
+    return Path(str(path) + ".wal")
+
+
 def connect_db(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file, turning DuckDB's lock error into :class:`DatabaseLocked` with the holder
     and a permission error into :class:`StorePermissionError`."""
@@ -101,7 +106,7 @@ def _check_writable(path: Path) -> None:
                 path.parent, f"cannot create files in the directory: {e.strerror}"
             ) from None
         raise
-    for p in (path, Path(str(path) + ".wal")):
+    for p in (path, wal_path(path)):
         try:
             fd = os.open(p, os.O_RDWR)
         except FileNotFoundError:
@@ -167,9 +172,9 @@ def open_store(path: str | Path) -> duckdb.DuckDBPyConnection:
         log.warning("db_quarantined", path=str(path), moved_to=str(aside), error=str(e))
         try:
             os.replace(path, aside)
-            wal = Path(str(path) + ".wal")
+            wal = wal_path(path)
             if wal.exists():
-                os.replace(wal, Path(str(aside) + ".wal"))
+                os.replace(wal, wal_path(aside))
         except OSError as e2:
             if e2.errno in _PERMISSION_ERRNOS:
                 raise StorePermissionError(path, f"cannot move it aside: {e2.strerror}") from None

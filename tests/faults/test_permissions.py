@@ -73,7 +73,15 @@ def _available(mechanism: str) -> str | None:
             _works(["chattr", "-i", str(probe / "f")])
             return None if blocked else "`chattr +i` does not stop writes here"
         ok = _works(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "true"])
-        return None if ok else "`setpriv` cannot switch to an unprivileged user here"
+        if not ok:
+            return "`setpriv` cannot switch to an unprivileged user here"
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        imports = _run([*as_nobody, sys.executable, "-c", "import hive"]).returncode == 0
+        return (
+            None
+            if imports
+            else "the unprivileged user cannot read this checkout (under a 0700 directory, e.g. `mktemp -d`)"
+        )
     finally:
         shutil.rmtree(probe, ignore_errors=True)
 
